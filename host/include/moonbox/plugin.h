@@ -66,7 +66,7 @@ typedef struct mb_err {
 /* Fill *err (if not NULL) and return code (a negative errno), so that callers can write
  * `return mb_err_set(err, -EINVAL, "bad size %d", n);`. */
 static inline int mb_err_set(mb_err *err, int code, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 static inline int mb_err_set(mb_err *err, int code, const char *fmt, ...)
 {
 	if (err) {
@@ -86,16 +86,16 @@ typedef struct mb_timer mb_timer;   /* a one-shot timer */
 typedef struct mb_wait mb_wait;     /* a Lua task suspended until a completion */
 
 typedef void (*mb_fn)(void *ud);
-typedef void (*mb_fd_fn)(int fd, uint32_t events, void *ud); /* events: EPOLL* bits */
+typedef void (*mb_fd_fn)(int fd, uint32_t events, void *ud);   /* events: EPOLL* bits */
 typedef void (*mb_child_fn)(pid_t pid, int wstatus, void *ud); /* wstatus -1: not our child */
 typedef void (*mb_curl_fn)(CURL *easy, CURLcode result, void *ud);
 
 /* Result of run(): everything a finished child process left behind. */
 typedef struct mb_run_result {
-	int wstatus;     /* as from waitpid(); -1 if the process could not be started */
-	char *out;       /* captured stdout, NUL-terminated, owned by the host */
+	int wstatus; /* as from waitpid(); -1 if the process could not be started */
+	char *out;   /* captured stdout, NUL-terminated, owned by the host */
 	size_t out_len;
-	char *errout;    /* captured stderr, NUL-terminated, owned by the host */
+	char *errout; /* captured stderr, NUL-terminated, owned by the host */
 	size_t errout_len;
 } mb_run_result;
 /* Called on the loop thread; `res` and its buffers are freed by the host after it returns. */
@@ -107,13 +107,14 @@ enum mb_log_level { MB_LOG_ERROR = 0, MB_LOG_WARN = 1, MB_LOG_INFO = 2, MB_LOG_D
  * The table of host functions. Never reorder; only append (and bump MB_ABI_MINOR).
  */
 struct mb_host {
-	uint32_t size;      /* sizeof(struct mb_host) as the host knows it */
-	uint32_t abi_major; /* MB_ABI_MAJOR of the host */
-	uint32_t abi_minor; /* MB_ABI_MINOR of the host */
+	uint32_t size;       /* sizeof(struct mb_host) as the host knows it */
+	uint32_t abi_major;  /* MB_ABI_MAJOR of the host */
+	uint32_t abi_minor;  /* MB_ABI_MINOR of the host */
 	const char *version; /* moonbox version string; static */
 
 	/* --- logging and configuration ------------------------------------------------ */
-	void (*log)(mb_plugin *p, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+	void (*log)(mb_plugin *p, int level, const char *fmt, ...)
+	    __attribute__((format(printf, 3, 4)));
 	/* A configuration value: "state_dir", "run_dir", "socket", "http", "guest_dir",
 	 * "scripts_dir", "data_dir". Returns NULL for an unknown key. The host owns the
 	 * string; it stays valid until the plugin's fini. */
@@ -140,7 +141,7 @@ struct mb_host {
 	 * stdin, capture stdout/stderr (each up to 16 MiB), call fn when it has exited.
 	 * timeout_ms 0 = none; on timeout the child is killed with SIGKILL. */
 	int (*run)(const char *const argv[], const char *in, size_t in_len, uint64_t timeout_ms,
-		   mb_run_fn fn, void *ud, mb_err *err);
+	           mb_run_fn fn, void *ud, mb_err *err);
 	/* Hand an easy handle to the host's curl multi (driven by the loop). fn runs on
 	 * completion, after which the plugin owns the handle again. */
 	int (*curl_add)(CURL *easy, mb_curl_fn fn, void *ud, mb_err *err);
@@ -179,7 +180,7 @@ struct mb_host {
 	/* Apply schema steps for `component` (steps[i] brings it to version i+1), each step
 	 * in its own BEGIN IMMEDIATE transaction. Idempotent. */
 	int (*db_migrate)(const char *component, const char *const steps[], int nsteps,
-			  mb_err *err);
+	                  mb_err *err);
 	/* Persist and publish an event. Steals the reference to data (may be NULL). */
 	int (*emit)(const char *type, json_t *data, mb_err *err);
 
@@ -187,11 +188,16 @@ struct mb_host {
 	/* Count live resources (VMs, taps, ...) the plugin owns; unload is refused while the
 	 * count is above zero. */
 	void (*hold)(mb_plugin *p, int delta);
+
+	/* --- appended fields (check with MB_HOST_HAS) ------------------------------------- */
+	/* Raise (luaL_error) unless the running code may wait now. Call it before allocating
+	 * per-wait state, so a refused wait leaks nothing; wait_begin checks again. */
+	void (*wait_check)(lua_State *L);
 };
 
 /* True when the host provides `field` (it may be older than the plugin's headers). */
-#define MB_HOST_HAS(host, field)                                                           \
-	((host)->size >= offsetof(struct mb_host, field) + sizeof((host)->field) &&        \
+#define MB_HOST_HAS(host, field)                                                                   \
+	((host)->size >= offsetof(struct mb_host, field) + sizeof((host)->field) &&                \
 	 (host)->field != NULL)
 
 /* What a plugin says about itself. Only grows at the end, like struct mb_host. */
@@ -217,22 +223,23 @@ struct mb_plugin_def {
 /* Define the entry point. Example:
  *   MB_PLUGIN_DEFINE("example", "1.0", "a tiny example", ex_init, ex_fini, NULL)
  */
-#define MB_PLUGIN_DEFINE(name_, version_, summary_, init_, fini_, info_)                   \
-	__attribute__((visibility("default"))) const struct mb_plugin_def *moonbox_plugin_v1(void); \
-	const struct mb_plugin_def *moonbox_plugin_v1(void)                                \
-	{                                                                                  \
-		static const struct mb_plugin_def def = {                                  \
-			.size = sizeof(struct mb_plugin_def),                              \
-			.abi_major = MB_ABI_MAJOR,                                         \
-			.abi_minor = MB_ABI_MINOR,                                         \
-			.name = (name_),                                                   \
-			.version = (version_),                                             \
-			.summary = (summary_),                                             \
-			.init = (init_),                                                   \
-			.fini = (fini_),                                                   \
-			.info = (info_),                                                   \
-		};                                                                         \
-		return &def;                                                               \
+#define MB_PLUGIN_DEFINE(name_, version_, summary_, init_, fini_, info_)                           \
+	__attribute__((visibility("default"))) const struct mb_plugin_def *moonbox_plugin_v1(      \
+	    void);                                                                                 \
+	const struct mb_plugin_def *moonbox_plugin_v1(void)                                        \
+	{                                                                                          \
+		static const struct mb_plugin_def def = {                                          \
+			.size = sizeof(struct mb_plugin_def),                                      \
+			.abi_major = MB_ABI_MAJOR,                                                 \
+			.abi_minor = MB_ABI_MINOR,                                                 \
+			.name = (name_),                                                           \
+			.version = (version_),                                                     \
+			.summary = (summary_),                                                     \
+			.init = (init_),                                                           \
+			.fini = (fini_),                                                           \
+			.info = (info_),                                                           \
+		};                                                                                 \
+		return &def;                                                                       \
 	}
 
 #ifdef __cplusplus

@@ -1,0 +1,81 @@
+-- System endpoints: health, information about the daemon, reload.
+local sysinfo = require("sysinfo")
+
+api.route("GET", "/v1/health", function()
+  return { status = "ok", version = moonbox.version }
+end)
+
+local function acceleration()
+  if vm and vm.acceleration then
+    local ok, acc = pcall(vm.acceleration)
+    if ok then return acc end
+  end
+  return { available = json.array(), selected = json.null, reason = "vm plugin not loaded" }
+end
+
+api.route("GET", "/v1/system/info", function()
+  local stats = moonbox.stats()
+  local routes = api.routes()
+  return {
+    version = moonbox.version,
+    api_version = moonbox.api_version,
+    lua_version = moonbox.lua_version,
+    plugin_abi = moonbox.abi,
+    hostname = moonbox.hostname(),
+    started = moonbox.started,
+    uptime = stats.uptime,
+    state_dir = moonbox.config("state_dir"),
+    plugins = plugins.list(),
+    acceleration = acceleration(),
+    scripts = { generation = stats.generation, routes = #routes },
+    counts = {
+      tasks = stats.tasks,
+      http_inflight = stats.http_inflight,
+      events = events.last_id(),
+    },
+    runtime = { lua_kb = stats.lua_kb, timers = stats.timers, watches = stats.watches,
+                children = stats.children, workers_pending = stats.workers_pending },
+    extra = sysinfo.collect(),
+  }
+end)
+
+api.route("POST", "/v1/system/reload", function()
+  local generation, err = moonbox.reload()
+  if not generation then
+    api.error(422, "script_error", "scripts not reloaded, the previous ones stay active: " .. err)
+  end
+  events.emit("daemon.reload", { generation = generation })
+  return { generation = generation, routes = #api.routes() }
+end)
+
+api.route("GET", "/v1/system/routes", function()
+  return api.routes()
+end)
+
+-- Plugins: list, load at runtime, unload (refused while the plugin owns resources).
+api.route("GET", "/v1/system/plugins", function()
+  return plugins.list()
+end)
+
+api.route("POST", "/v1/system/plugins", function(req)
+  local body = req:json()
+  if type(body.path) ~= "string" or body.path == "" then
+    api.error(400, "invalid", "path: a plugin file path is required", { field = "path" })
+  end
+  local name, err, code = plugins.load(body.path)
+  if not name then
+    local status = (code == "not_found" or code == "invalid" or code == "unsupported") and 400
+      or api.status_for(code)
+    api.error(status == 501 and 400 or status, code, err)
+  end
+  for _, p in ipairs(plugins.list()) do
+    if p.name == name then return 201, p end
+  end
+  return 201, { name = name }
+end)
+
+api.route("DELETE", "/v1/system/plugins/{name}", function(req)
+  local good, err, code = plugins.unload(req.params.name)
+  if not good then api.fail(err, code) end
+  return 204
+end)
