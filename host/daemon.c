@@ -249,8 +249,13 @@ int daemon_http(const struct daemon_opts *o, mb_err *err)
 		.token = config_get("token"),
 		.web_root = config_get("web_root"),
 		.body_limit = o->body_limit,
+		.upload_dir = NULL,
 	};
-	if ((r = http_start(&hc, err)) < 0)
+	char *uploads = xasprintf("%s/tmp/uploads", o->state_dir);
+	hc.upload_dir = uploads;
+	r = http_start(&hc, err);
+	free(uploads);
+	if (r < 0)
 		return r;
 	D.up_http = true;
 	if (http_tcp_address())

@@ -35,6 +35,8 @@ static struct {
 	char *web_root;
 	int web_fd;
 	size_t body_limit;
+	uint64_t upload_limit;
+	char *upload_dir;
 	uint64_t next_id;
 	unsigned inflight;
 	bool stopping;
@@ -90,6 +92,12 @@ void hreq_unref(struct hreq *r)
 		MHD_destroy_response(r->resp);
 	free_headers(r->headers);
 	buf_free(&r->body);
+	if (r->body_fd >= 0)
+		close(r->body_fd);
+	if (r->body_path) {
+		unlink(r->body_path);
+		free(r->body_path);
+	}
 	buf_free(&r->out);
 	free(r->method);
 	free(r->path);
@@ -119,6 +127,12 @@ static void resume(struct hreq *r)
 		MHD_resume_connection(r->conn);
 		r->srv->need_run = true;
 	}
+}
+
+void http_kick(void)
+{
+	for (int i = 0; i < H.nsrv; i++)
+		H.srv[i].need_run = true;
 }
 
 void hreq_add_header(struct hreq *r, const char *name, const char *value)
@@ -237,9 +251,7 @@ static void on_upgrade(void *cls, struct MHD_Connection *c, void *con_cls, const
                        size_t extra_len, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh)
 {
 	struct hreq *r = cls;
-	struct ws *ws = ws_new(sock, urh, extra, extra_len);
-	r->ws = ws;
-	api_upgraded(r, ws);
+	api_upgraded(r, ws_new(sock, urh, extra, extra_len));
 	hreq_unref(r); /* the ref the upgrade response held */
 }
 
@@ -371,6 +383,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		r->id = ++H.next_id;
 		r->start_ms = mb_now_ms();
 		r->refs = 1; /* held by the connection until completed */
+		r->body_fd = -1;
 		live_add(r);
 		*con_cls = r;
 		H.inflight++;
@@ -379,8 +392,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		else if (srv->tcp && !authorized(c) && !is_static_request(method, url))
 			r->early_status = 401;
 		const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
-		if (!r->early_status && cl && strtoull(cl, NULL, 10) > H.body_limit)
+		bool to_file = !r->early_status && api_wants_file_body(method, url);
+		uint64_t limit = to_file ? H.upload_limit : H.body_limit;
+		if (!r->early_status && cl && strtoull(cl, NULL, 10) > limit)
 			r->early_status = 413;
+		if (!r->early_status && to_file) {
+			mb_mkdir_p(H.upload_dir, 0700);
+			r->body_path = xasprintf("%s/upload-XXXXXX", H.upload_dir);
+			r->body_fd = mkostemp(r->body_path, O_CLOEXEC);
+			if (r->body_fd < 0) {
+				free(r->body_path);
+				r->body_path = NULL;
+				r->early_status = 507;
+			}
+		}
 		if (r->early_status) {
 			r->state = H_SENT;
 			if (r->early_status == 401)
@@ -394,6 +419,30 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 			         H.body_limit);
 			return queue_error(c, 413, "too_large", msg);
 		}
+		return MHD_YES;
+	}
+	if (*upload_size && r->body_fd >= 0) {
+		if (!r->too_large && !r->body_errno) {
+			if (r->body_bytes + *upload_size > H.upload_limit) {
+				r->too_large = true;
+			} else {
+				const char *p = upload;
+				size_t left = *upload_size;
+				while (left) { /* page-cache writes: quick */
+					ssize_t w = write(r->body_fd, p, left);
+					if (w < 0 && errno == EINTR)
+						continue;
+					if (w < 0) {
+						r->body_errno = errno;
+						break;
+					}
+					p += w;
+					left -= (size_t)w;
+				}
+				r->body_bytes += *upload_size;
+			}
+		}
+		*upload_size = 0;
 		return MHD_YES;
 	}
 	if (*upload_size) {
@@ -664,6 +713,8 @@ int http_start(const struct http_config *cfg, mb_err *err)
 {
 	H.token = cfg->token ? xstrdup(cfg->token) : NULL;
 	H.body_limit = cfg->body_limit ? cfg->body_limit : (64u << 20);
+	H.upload_limit = cfg->upload_limit ? cfg->upload_limit : (64ull << 30);
+	H.upload_dir = xstrdup(cfg->upload_dir ? cfg->upload_dir : "/tmp");
 	if (cfg->web_root) {
 		H.web_root = xstrdup(cfg->web_root);
 		H.web_fd = open(cfg->web_root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -720,10 +771,9 @@ void http_stop(void)
 	H.stopping = true;
 	/* libmicrohttpd must not be stopped with suspended connections: wake them (they
 	 * answer 503) and close WebSockets. */
+	ws_abort_all();
 	for (size_t i = 0; i < H.nlive; i++) {
 		struct hreq *r = H.live[i];
-		if (r->ws)
-			ws_abort(r->ws);
 		r->out_closed = true;
 		resume(r);
 	}

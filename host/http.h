@@ -14,11 +14,13 @@
 #include "util.h"
 
 struct http_config {
-	const char *tcp;      /* "ADDR:PORT", NULL or "" for none */
-	const char *sock;     /* unix socket path, NULL or "" for none */
-	const char *token;    /* required on TCP */
-	const char *web_root; /* static files, may be NULL */
-	size_t body_limit;    /* bytes */
+	const char *tcp;        /* "ADDR:PORT", NULL or "" for none */
+	const char *sock;       /* unix socket path, NULL or "" for none */
+	const char *token;      /* required on TCP */
+	const char *web_root;   /* static files, may be NULL */
+	size_t body_limit;      /* bytes kept in memory */
+	uint64_t upload_limit;  /* bytes for routes that stream the body to a file */
+	const char *upload_dir; /* where those files go */
 };
 
 enum hreq_state {
@@ -44,6 +46,11 @@ struct hreq {
 	char *method, *path;
 	buf body;
 	bool too_large;
+	/* routes declared with {body = "file"} receive the body in a temp file instead */
+	int body_fd;
+	char *body_path;
+	uint64_t body_bytes;
+	int body_errno;
 	int early_status; /* rejected before dispatch: 401, 413 */
 	enum hreq_state state;
 	bool suspended;
@@ -60,7 +67,6 @@ struct hreq {
 	mb_wait *drain_wait;
 	/* upgrade */
 	mb_wait *upgrade_wait;
-	struct ws *ws;
 	/* the Lua request object pointing at us (cleared when we go) */
 	struct hreq **lua_ptr;
 	void *task; /* the running task, or NULL */
@@ -71,6 +77,9 @@ int http_start(const struct http_config *cfg, mb_err *err);
 void http_quiesce(void);
 /* Resume everything, stop the daemons, free all. */
 void http_stop(void);
+/* Make the loop run libmicrohttpd soon (it does not wake itself for resumed
+ * connections or closed upgrades in external-epoll mode). */
+void http_kick(void);
 /* Free what is left after the Lua state is gone. */
 void http_fini(void);
 /* Requests still computing a response (streams and WebSockets excluded). */
@@ -97,6 +106,7 @@ bool hreq_stream_dead(const struct hreq *r);
 /* Begin the WebSocket upgrade (headers already set). */
 void hreq_upgrade_begin(struct hreq *r);
 /* Callbacks into l_api.c */
+bool api_wants_file_body(const char *method, const char *path);
 void api_dispatch(struct hreq *r);
 void api_stream_drained(struct hreq *r, bool closed);
 void api_upgraded(struct hreq *r, struct ws *ws);

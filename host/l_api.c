@@ -1,7 +1,11 @@
 /*
  * Lua module `api`: HTTP endpoints are declared from Lua.
  *
- *   api.route(method, pattern, fn)     pattern: "/v1/containers/{id}", "{rest*}" = tail
+ *   api.route(method, pattern, fn [, {body="file"}])
+ *                                      pattern: "/v1/containers/{id}", "{rest*}" = tail;
+ *                                      body="file": the upload is streamed to a temp file
+ *                                      (req.body_path, removed after the request) instead
+ *                                      of memory, with a much larger size limit
  *   api.error(status, code, message [, extra])   raise an HTTP error (extra: more fields)
  *   api.fail(message, code [, extra])  raise with the status that fits code
  *                                      (not_found 404, conflict 409, invalid 400, ...)
@@ -12,7 +16,7 @@
  * A handler gets a request object and returns `[status,] body [, headers]`; a table
  * body is JSON, a string is sent as is; nothing at all means 204.
  *   req.method, req.path, req.params, req.query, req.headers (lower-case names),
- *   req.body, req.id, req.remote
+ *   req.body, req.body_path, req.body_size, req.id, req.remote
  *   req:json()                         decoded body; raises 400 on bad JSON
  *   req:stream([status [, headers]])   -> stream   chunked response
  *   req:sse([headers])                 -> stream   text/event-stream
@@ -59,6 +63,7 @@ struct route {
 	int nsegs;
 	int ref;
 	int score;
+	bool body_file; /* {body = "file"}: the request body goes to req.body_path */
 };
 
 struct rtable {
@@ -152,6 +157,15 @@ static int l_route(lua_State *L)
 		if (*p < 'A' || *p > 'Z')
 			return luaL_argerror(L, 1, "method must be upper-case, e.g. \"GET\"");
 	struct route r = { 0 };
+	if (lua_istable(L, 4)) {
+		lua_getfield(L, 4, "body");
+		const char *b = lua_tostring(L, -1);
+		if (b && strcmp(b, "file") == 0)
+			r.body_file = true;
+		else if (b && strcmp(b, "memory") != 0)
+			return luaL_argerror(L, 4, "body must be \"memory\" or \"file\"");
+		lua_pop(L, 1);
+	}
 	parse_pattern(L, pattern, &r);
 	r.method = xstrdup(method);
 	r.pattern = xstrdup(pattern);
@@ -414,6 +428,14 @@ static int req_index(lua_State *L)
 			lua_pushvalue(L, -1);
 			lua_setiuservalue(L, 1, 4);
 		}
+	} else if (strcmp(k, "body_path") == 0) {
+		if (r && r->body_path)
+			lua_pushstring(L, r->body_path);
+		else
+			lua_pushnil(L);
+	} else if (strcmp(k, "body_size") == 0) {
+		lua_pushinteger(L,
+		                r ? (lua_Integer)(r->body_path ? r->body_bytes : r->body.len) : 0);
 	} else if (strcmp(k, "method") == 0) {
 		if (r)
 			lua_pushstring(L, r->method);
@@ -710,7 +732,6 @@ static void upgrade_cancel(void *ud)
 void api_upgraded(struct hreq *r, struct ws *ws)
 {
 	mb_wait *w = r->upgrade_wait;
-	r->ws = NULL;
 	if (!w) { /* the handler is gone: nobody will use this socket */
 		ws_free(ws);
 		return;
@@ -1092,6 +1113,17 @@ static void on_done(task *t, int status, lua_State *co, int nres, void *ud)
 		hreq_respond(r, code, resp);
 	}
 	hreq_unref(r);
+}
+
+bool api_wants_file_body(const char *method, const char *path)
+{
+	lua_State *L = rt_state();
+	buf allow = { 0 };
+	int top = lua_gettop(L);
+	struct route *rt = match(L, method, path, &allow);
+	lua_settop(L, top);
+	buf_free(&allow);
+	return rt && rt->body_file;
 }
 
 void api_request_gone(struct hreq *r)

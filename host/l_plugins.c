@@ -6,6 +6,7 @@
  */
 #include "bindings.h"
 #include "json.h"
+#include "log.h"
 #include "plugin.h"
 
 static int l_list(lua_State *L)
@@ -21,8 +22,10 @@ static int l_load(lua_State *L)
 	const char *path = luaL_checkstring(L, 1);
 	const char *name = NULL;
 	mb_err err = { 0 };
-	if (plugin_load(path, &name, &err) < 0)
+	if (plugin_load(path, &name, &err) < 0) {
+		mb_log(MB_LOG_WARN, "plugins", "refused: %s", err.msg);
 		return lua_fail(L, &err);
+	}
 	lua_pushstring(L, name);
 	return 1;
 }

@@ -49,7 +49,7 @@ static struct {
 	int epfd;
 	int evfd;
 	mb_watch *evwatch;
-	bool running;
+	bool running, stop;
 	unsigned nwatches;
 	mb_watch *dead;
 	mb_timer **heap;
@@ -313,8 +313,8 @@ void loop_once(int max_ms)
 	struct epoll_event evs[64];
 	run_deferred();
 	int64_t timeout = max_ms;
-	if (L.deferred.len)
-		timeout = 0;
+	if (L.deferred.len || L.stop)
+		timeout = 0; /* more to do now, or a stop was requested: do not sleep */
 	if (L.nheap) {
 		uint64_t now = mb_now_ms();
 		int64_t t = L.heap[0]->deadline > now ? (int64_t)(L.heap[0]->deadline - now) : 0;
@@ -348,14 +348,17 @@ void loop_once(int max_ms)
 int loop_run(void)
 {
 	L.running = true;
-	while (L.running)
+	L.stop = false;
+	while (!L.stop)
 		loop_once(-1);
+	L.running = false;
+	L.stop = false;
 	return 0;
 }
 
 void loop_stop(void)
 {
-	L.running = false;
+	L.stop = true;
 }
 
 void loop_fini(void)

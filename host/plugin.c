@@ -337,7 +337,8 @@ int plugins_load_dir(const char *dir, mb_err *err)
 		}
 	}
 	closedir(d);
-	qsort(names, n, sizeof(*names), cmp_str);
+	if (n)
+		qsort(names, n, sizeof(*names), cmp_str);
 	int loaded = 0;
 	for (size_t i = 0; i < n; i++) {
 		mb_err e = { 0 };

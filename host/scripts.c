@@ -299,7 +299,8 @@ int scripts_load(mb_err *err)
 	struct files f = { 0 };
 	for (int i = 0; i < S.ndirs; i++)
 		walk(&f, S.dirs[i], "", 0);
-	qsort(f.v, f.n, sizeof(*f.v), cmp_file);
+	if (f.n)
+		qsort(f.v, f.n, sizeof(*f.v), cmp_file);
 	int top = lua_gettop(L);
 	stash_modules(L);
 	gen_begin(L);

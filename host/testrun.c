@@ -146,7 +146,8 @@ static int collect(const char *file)
 		lua_pop(L, 1);
 	}
 	lua_pop(L, 1);
-	qsort(T.v + first, T.n - first, sizeof(*T.v), cmp_test);
+	if (T.n > first)
+		qsort(T.v + first, T.n - first, sizeof(*T.v), cmp_test);
 	return 0;
 }
 

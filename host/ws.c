@@ -8,6 +8,7 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 
+#include "http.h"
 #include "log.h"
 #include "loop.h"
 #include "util.h"
@@ -40,8 +41,10 @@ struct ws {
 	mb_timer *close_timer;
 	void (*notify)(void *ud, int events);
 	void *ud;
-	bool freed_by_owner;
+	struct ws *prev, *next; /* every live connection, for ws_abort_all() */
 };
+
+static struct ws *all;
 
 /* --- codec --- */
 
@@ -207,6 +210,7 @@ static void shut(struct ws *ws)
 	if (ws->urh) {
 		MHD_upgrade_action(ws->urh, MHD_UPGRADE_ACTION_CLOSE);
 		ws->urh = NULL;
+		http_kick(); /* libmicrohttpd closes the socket on its next run */
 	}
 	bool was_done = ws->state == WS_DONE;
 	ws->state = WS_DONE;
@@ -448,6 +452,10 @@ struct ws *ws_new(int sock, struct MHD_UpgradeResponseHandle *urh, const char *e
 	struct ws *ws = xcalloc(1, sizeof(*ws));
 	ws->fd = sock;
 	ws->urh = urh;
+	ws->next = all;
+	if (all)
+		all->prev = ws;
+	all = ws;
 	fcntl(sock, F_SETFL, fcntl(sock, F_GETFL) | O_NONBLOCK);
 	if (extra_len)
 		buf_append(&ws->in, extra, extra_len);
@@ -519,10 +527,22 @@ void ws_abort(struct ws *ws)
 	shut(ws);
 }
 
+void ws_abort_all(void)
+{
+	for (struct ws *ws = all; ws; ws = ws->next)
+		ws_abort(ws);
+}
+
 void ws_free(struct ws *ws)
 {
 	ws->notify = NULL;
 	shut(ws);
+	if (ws->prev)
+		ws->prev->next = ws->next;
+	else
+		all = ws->next;
+	if (ws->next)
+		ws->next->prev = ws->prev;
 	while (ws->head) {
 		struct msg *m = ws->head;
 		ws->head = m->next;

@@ -50,6 +50,8 @@ long ws_send(struct ws *ws, int opcode, const char *data, size_t len);
 void ws_close(struct ws *ws, int code, const char *reason);
 /* Close the socket now (daemon shutdown). */
 void ws_abort(struct ws *ws);
+/* Close every connection now (before the HTTP daemons stop); owners still free them. */
+void ws_abort_all(void);
 /* Release: the owner is done; closes the socket if still open. */
 void ws_free(struct ws *ws);
 bool ws_is_closed(const struct ws *ws);

@@ -1,0 +1,65 @@
+# Shared helpers for the shell tests. Source it; it sets up a private temp dir and a
+# trap that stops only the processes these helpers started (by PID) and removes the dir.
+set -euo pipefail
+
+PY=/usr/bin/python3
+TMP=$(mktemp -d /tmp/moonbox-test.XXXXXX)
+case "$TMP" in /tmp/moonbox-test.*) ;; *) echo "bad temp dir: $TMP" >&2; exit 1 ;; esac
+PIDS=()
+FAILED=0
+CHECKS=0
+
+cleanup() {
+  local rc=$?
+  for p in "${PIDS[@]:-}"; do
+    [ -n "$p" ] && kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true
+  done
+  if [ "${KEEP_TMP:-0}" != 1 ]; then rm -rf -- "$TMP"; else echo "kept $TMP"; fi
+  exit $rc
+}
+trap cleanup EXIT
+
+pass() { CHECKS=$((CHECKS + 1)); echo "ok $CHECKS - $*"; }
+fail() { CHECKS=$((CHECKS + 1)); FAILED=$((FAILED + 1)); echo "not ok $CHECKS - $*"; }
+# check "description" command...   (passes if the command succeeds)
+check() { local d=$1; shift; if "$@"; then pass "$d"; else fail "$d"; fi; }
+# expect_eq "description" actual expected
+expect_eq() { if [ "$2" = "$3" ]; then pass "$1"; else fail "$1: expected [$3], got [$2]"; fi; }
+finish() {
+  echo "# $CHECKS checks, $FAILED failed"
+  [ "$FAILED" -eq 0 ]
+}
+
+free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+# start_daemon NAME [extra serve args...]: sets D_SOCK, D_PORT, D_TOKEN, D_PID, D_LOG, D_STATE
+start_daemon() {
+  local name=$1; shift
+  D_STATE=$TMP/$name/state; D_RUN=$TMP/$name/run; D_LOG=$TMP/$name/log
+  D_SOCK=$D_RUN/moonbox.sock; D_PORT=$(free_port)
+  mkdir -p "$TMP/$name"
+  ${DAEMON_WRAPPER:-} "$MB" serve --state-dir "$D_STATE" --run-dir "$D_RUN" \
+    --http "127.0.0.1:$D_PORT" "$@" >"$D_LOG" 2>&1 &
+  D_PID=$!
+  PIDS+=("$D_PID")
+  for _ in $(seq 1 ${START_WAIT:-100}); do
+    [ -S "$D_SOCK" ] && curl -s --unix-socket "$D_SOCK" http://x/v1/health >/dev/null 2>&1 && break
+    kill -0 "$D_PID" 2>/dev/null || { cat "$D_LOG"; echo "daemon died"; return 1; }
+    sleep 0.1
+  done
+  D_TOKEN=$(cat "$D_STATE/token")
+}
+
+stop_daemon() {
+  kill -TERM "$D_PID"
+  local rc=0
+  wait "$D_PID" || rc=$?
+  return $rc
+}
+
+# api METHOD PATH [curl args...]: over the unix socket; prints body, then the status on
+# the last line
+api() { local m=$1 p=$2; shift 2; curl -s -X "$m" --unix-socket "$D_SOCK" -w '\n%{http_code}' "$@" "http://moonbox$p"; }
+status_of() { tail -n1; }
+body_of() { sed '$d'; }
+jq_() { jq -r "$@"; }
