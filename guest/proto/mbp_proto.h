@@ -47,6 +47,7 @@
 #define MBP_OP_FS_WRITE   "fs_write"
 #define MBP_OP_FS_MKDIR   "fs_mkdir"
 #define MBP_OP_FS_READDIR "fs_readdir"
+#define MBP_OP_FS_SYMLINK "fs_symlink"
 #define MBP_OP_SHUTDOWN   "shutdown"
 
 /* Labels mixed into the two HMAC proofs so that one can never be replayed as the other. */
