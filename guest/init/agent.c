@@ -25,11 +25,11 @@
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
 
-#define NCTX	       32
-#define MAX_POLLS      (NCTX - 4) /* always leave contexts for ordinary requests */
-#define MAX_PIPES      64
-#define MAX_WAIT_MS    (10 * 60 * 1000)
-#define AGENT_ID       "moonbox-init/0.1"
+#define NCTX        32
+#define MAX_POLLS   (NCTX - 4) /* always leave contexts for ordinary requests */
+#define MAX_PIPES   64
+#define MAX_WAIT_MS (10 * 60 * 1000)
+#define AGENT_ID    "moonbox-init/0.1"
 
 enum ctx_state { CTX_RECV, CTX_BUSY, CTX_SEND };
 enum pipe_state { PIPE_NEW = 0, PIPE_HELLO, PIPE_AUTHED, PIPE_FAILED };
@@ -203,13 +203,14 @@ static json_t *op_hello(struct srv *s, struct pipe_auth *pa, json_t *req)
 {
 	int v = (int)mbp_get_int(req, "version", 0);
 	if (v != MBP_VERSION) {
-		json_t *r = mbp_reply_error(-EPROTONOSUPPORT, "protocol version %d not supported",
-					    v);
+		json_t *r =
+		    mbp_reply_error(-EPROTONOSUPPORT, "protocol version %d not supported", v);
 		json_object_set_new(r, "version", json_integer(MBP_VERSION));
 		return r;
 	}
-	if (pa->state == PIPE_AUTHED)
-		return mbp_reply_error(-EALREADY, "already authenticated");
+	/* A new hello (re-)starts authentication: the connection is unauthenticated until the
+	 * matching auth succeeds. */
+	pa->state = PIPE_NEW;
 	if (mbp_hex_decode(mbp_get_str(req, "nonce", ""), pa->host_nonce, MBP_NONCE_LEN) < 0)
 		return mbp_reply_error(-EINVAL, "nonce must be %d hex digits", 2 * MBP_NONCE_LEN);
 	mbp_err e = { 0 };
@@ -217,13 +218,13 @@ static json_t *op_hello(struct srv *s, struct pipe_auth *pa, json_t *req)
 		return mbp_reply_error(e.code, "%s", e.msg);
 	uint8_t proof[MBP_SHA256_LEN];
 	mbp_auth_agent_proof(s->a->cfg->token, s->a->cfg->token_len, pa->host_nonce,
-			     pa->agent_nonce, proof);
+	                     pa->agent_nonce, proof);
 	char nonce_hex[2 * MBP_NONCE_LEN + 1], proof_hex[2 * MBP_SHA256_LEN + 1];
 	mbp_hex_encode(pa->agent_nonce, MBP_NONCE_LEN, nonce_hex);
 	mbp_hex_encode(proof, MBP_SHA256_LEN, proof_hex);
 	pa->state = PIPE_HELLO;
 	return json_pack("{s:b,s:i,s:s,s:s,s:s}", "ok", 1, "version", MBP_VERSION, "nonce",
-			 nonce_hex, "proof", proof_hex, "agent", AGENT_ID);
+	                 nonce_hex, "proof", proof_hex, "agent", AGENT_ID);
 }
 
 static json_t *op_auth(struct srv *s, struct pipe_auth *pa, json_t *req)
@@ -232,8 +233,8 @@ static json_t *op_auth(struct srv *s, struct pipe_auth *pa, json_t *req)
 		return mbp_reply_error(-EPROTO, "auth must follow hello on the same connection");
 	uint8_t got[MBP_SHA256_LEN], want[MBP_SHA256_LEN];
 	int bad = mbp_hex_decode(mbp_get_str(req, "proof", ""), got, sizeof(got)) < 0;
-	mbp_auth_host_proof(s->a->cfg->token, s->a->cfg->token_len, pa->host_nonce,
-			    pa->agent_nonce, want);
+	mbp_auth_host_proof(s->a->cfg->token, s->a->cfg->token_len, pa->host_nonce, pa->agent_nonce,
+	                    want);
 	if (bad || !mbp_ct_equal(got, want, sizeof(want))) {
 		pa->state = PIPE_FAILED;
 		mb_log("agent: authentication failed on connection %u", pa->id);
@@ -242,7 +243,7 @@ static json_t *op_auth(struct srv *s, struct pipe_auth *pa, json_t *req)
 	pa->state = PIPE_AUTHED;
 	mb_log("agent: host authenticated on connection %u", pa->id);
 	return json_pack("{s:b,s:s,s:I}", "ok", 1, "hostname", s->a->cfg->hostname, "uptime_ms",
-			 (json_int_t)(mb_now_ms() - s->a->boot_ms));
+	                 (json_int_t)(mb_now_ms() - s->a->boot_ms));
 }
 
 static void park(struct srv *s, struct srv_ctx *c, json_t *req, uint32_t pipe, int kind)
@@ -254,7 +255,7 @@ static void park(struct srv *s, struct srv_ctx *c, json_t *req, uint32_t pipe, i
 	uint8_t *payload = NULL;
 	size_t plen = 0;
 	json_t *r = kind == POLL_READ ? mb_poll_read(s->a, req, final, &payload, &plen)
-				      : mb_poll_wait(s->a, req, final);
+	                              : mb_poll_wait(s->a, req, final);
 	if (r) {
 		json_decref(req);
 		reply(s, c, r, payload, plen);
@@ -287,8 +288,9 @@ static void run_polls(struct srv *s, bool force, uint32_t gone_pipe)
 		bool final = force || now >= p->deadline || (gone_pipe && p->pipe == gone_pipe);
 		uint8_t *payload = NULL;
 		size_t plen = 0;
-		json_t *r = p->kind == POLL_READ ? mb_poll_read(s->a, p->req, final, &payload, &plen)
-						 : mb_poll_wait(s->a, p->req, final);
+		json_t *r = p->kind == POLL_READ
+		                ? mb_poll_read(s->a, p->req, final, &payload, &plen)
+		                : mb_poll_wait(s->a, p->req, final);
 		if (!r) {
 			pp = &p->next;
 			continue;
@@ -339,13 +341,13 @@ static void handle(struct srv *s, struct srv_ctx *c)
 	} else if (pa->state != PIPE_AUTHED) {
 		r = mbp_reply_error(-EACCES, "not authenticated: send hello and auth first");
 	} else if (s->a->shutting_down && strcmp(op, MBP_OP_READ) != 0 &&
-		   strcmp(op, MBP_OP_WAIT) != 0 && strcmp(op, MBP_OP_PING) != 0 &&
-		   strcmp(op, MBP_OP_SHUTDOWN) != 0 && strcmp(op, MBP_OP_STATS) != 0) {
+	           strcmp(op, MBP_OP_WAIT) != 0 && strcmp(op, MBP_OP_PING) != 0 &&
+	           strcmp(op, MBP_OP_SHUTDOWN) != 0 && strcmp(op, MBP_OP_STATS) != 0) {
 		r = mbp_reply_error(-ESHUTDOWN, "the VM is shutting down");
 	} else if (strcmp(op, MBP_OP_PING) == 0) {
 		r = json_pack("{s:b,s:I,s:b}", "ok", 1, "uptime_ms",
-			      (json_int_t)(mb_now_ms() - s->a->boot_ms), "shutting_down",
-			      s->a->shutting_down);
+		              (json_int_t)(mb_now_ms() - s->a->boot_ms), "shutting_down",
+		              s->a->shutting_down);
 	} else if (strcmp(op, MBP_OP_RUN) == 0) {
 		r = mb_op_run(s->a, req, false);
 	} else if (strcmp(op, MBP_OP_EXEC) == 0) {
@@ -430,7 +432,7 @@ static int srv_start(struct srv *s, mbp_err *err)
 	}
 	char url[128];
 	snprintf(url, sizeof(url), "tcp://%s:%d", cfg->address[0] ? cfg->address : "0.0.0.0",
-		 cfg->port);
+	         cfg->port);
 	/* The address may need a moment after the link comes up. */
 	for (int i = 0; i < 200; i++) {
 		rv = nng_listen(s->sock, url, NULL, 0);
@@ -546,8 +548,8 @@ void mb_agent_run(struct mb_agent *a)
 				while (read(a->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
 					if (si.ssi_signo == SIGCHLD)
 						mb_procs_sigchld(a);
-					else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGPWR ||
-						 si.ssi_signo == SIGINT)
+					else if (si.ssi_signo == SIGTERM ||
+					         si.ssi_signo == SIGPWR || si.ssi_signo == SIGINT)
 						mb_begin_shutdown(a, 10000);
 				}
 			} else {

@@ -58,8 +58,10 @@ static int parse_mounts(struct mb_config *cfg, json_t *arr, mbp_err *err)
 		const char *type = mbp_get_str(m, "type", "block");
 		const char *target = mbp_get_str(m, "target", NULL);
 		if (!target || target[0] != '/')
-			return mbp_err_set(err, -EINVAL, "boot config: mounts[%zu].target must be "
-							  "an absolute path", i);
+			return mbp_err_set(err, -EINVAL,
+			                   "boot config: mounts[%zu].target must be "
+			                   "an absolute path",
+			                   i);
 		copy_str(mm->type, sizeof(mm->type), type);
 		copy_str(mm->target, sizeof(mm->target), target);
 		copy_str(mm->options, sizeof(mm->options), mbp_get_str(m, "options", ""));
@@ -71,12 +73,12 @@ static int parse_mounts(struct mb_config *cfg, json_t *arr, mbp_err *err)
 			copy_str(mm->source, sizeof(mm->source), mbp_get_str(m, "tag", ""));
 			copy_str(mm->fstype, sizeof(mm->fstype), "9p");
 		} else {
-			return mbp_err_set(err, -EINVAL, "boot config: mounts[%zu]: unknown type %s",
-					   i, type);
+			return mbp_err_set(err, -EINVAL,
+			                   "boot config: mounts[%zu]: unknown type %s", i, type);
 		}
 		if (!mm->source[0])
 			return mbp_err_set(err, -EINVAL, "boot config: mounts[%zu] needs %s", i,
-					   strcmp(type, "9p") == 0 ? "tag" : "serial");
+			                   strcmp(type, "9p") == 0 ? "tag" : "serial");
 		snprintf(mm->staged, sizeof(mm->staged), MB_MOUNTS_DIR "/%zu", i);
 		cfg->nmounts = (int)i + 1;
 	}
@@ -97,12 +99,12 @@ int mb_config_load(struct mb_config *cfg, mbp_err *err)
 	unlink(MB_BOOT_JSON);
 	if (!j)
 		return mbp_err_set(err, -EINVAL, "cannot read %s: %s (line %d)", MB_BOOT_JSON,
-				   je.text, je.line);
+		                   je.text, je.line);
 	int rc = 0;
 	cfg->version = (int)mbp_get_int(j, "version", 0);
 	if (cfg->version != MBP_VERSION) {
 		rc = mbp_err_set(err, -EPROTONOSUPPORT, "boot config version %d, agent speaks %d",
-				 cfg->version, MBP_VERSION);
+		                 cfg->version, MBP_VERSION);
 		goto out;
 	}
 	const char *tok = mbp_get_str(j, "token", NULL);
@@ -124,8 +126,7 @@ int mb_config_load(struct mb_config *cfg, mbp_err *err)
 		}
 		copy_str(cfg->gateway, sizeof(cfg->gateway), mbp_get_str(net, "gateway", ""));
 		a = mbp_get_str(net, "address6", "");
-		if (*a &&
-		    parse_cidr(a, cfg->address6, sizeof(cfg->address6), &cfg->prefix6, 64)) {
+		if (*a && parse_cidr(a, cfg->address6, sizeof(cfg->address6), &cfg->prefix6, 64)) {
 			rc = mbp_err_set(err, -EINVAL, "boot config: bad network.address6 %s", a);
 			goto out;
 		}
@@ -136,7 +137,7 @@ int mb_config_load(struct mb_config *cfg, mbp_err *err)
 			json_t *d = json_array_get(dns, i);
 			if (json_is_string(d))
 				copy_str(cfg->dns[cfg->ndns++], sizeof(cfg->dns[0]),
-					 json_string_value(d));
+				         json_string_value(d));
 		}
 		json_t *search = json_object_get(net, "search");
 		for (size_t i = 0; json_is_array(search) && i < json_array_size(search); i++) {
@@ -145,7 +146,7 @@ int mb_config_load(struct mb_config *cfg, mbp_err *err)
 				continue;
 			size_t l = strlen(cfg->search);
 			snprintf(cfg->search + l, sizeof(cfg->search) - l, "%s%s", l ? " " : "",
-				 json_string_value(d));
+			         json_string_value(d));
 		}
 	}
 	json_t *agent = json_object_get(j, "agent");
@@ -158,14 +159,14 @@ int mb_config_load(struct mb_config *cfg, mbp_err *err)
 		copy_str(cfg->lower, sizeof(cfg->lower), mbp_get_str(root, "lower", "lower"));
 		copy_str(cfg->upper, sizeof(cfg->upper), mbp_get_str(root, "upper", "upper"));
 		copy_str(cfg->lower_fstype, sizeof(cfg->lower_fstype),
-			 mbp_get_str(root, "lower_fstype", "erofs"));
+		         mbp_get_str(root, "lower_fstype", "erofs"));
 		copy_str(cfg->upper_fstype, sizeof(cfg->upper_fstype),
-			 mbp_get_str(root, "upper_fstype", "ext4"));
+		         mbp_get_str(root, "upper_fstype", "ext4"));
 	} else if (strcmp(rt, "disk") == 0) {
 		copy_str(cfg->root_serial, sizeof(cfg->root_serial),
-			 mbp_get_str(root, "serial", "root"));
+		         mbp_get_str(root, "serial", "root"));
 		copy_str(cfg->root_fstype, sizeof(cfg->root_fstype),
-			 mbp_get_str(root, "fstype", "ext4"));
+		         mbp_get_str(root, "fstype", "ext4"));
 		cfg->root_ro = mbp_get_bool(root, "ro", 0);
 	} else if (strcmp(rt, "none") != 0) {
 		rc = mbp_err_set(err, -EINVAL, "boot config: unknown root.type %s", rt);
@@ -243,7 +244,7 @@ int mb_load_modules(const struct mb_config *cfg)
 }
 
 static int do_mount(const char *src, const char *dst, const char *type, unsigned long flags,
-		    const char *data)
+                    const char *data)
 {
 	mb_mkdir_p(dst, 0755);
 	if (mount(src, dst, type, flags, data) < 0) {
@@ -300,8 +301,8 @@ static void delete_contents(int dfd, dev_t rootdev)
 int mb_leave_initramfs(void)
 {
 	struct statfs sfs;
-	if (statfs("/", &sfs) < 0 || (sfs.f_type != 0x858458f6 /* RAMFS */ &&
-				      sfs.f_type != 0x01021994 /* TMPFS */))
+	if (statfs("/", &sfs) < 0 ||
+	    (sfs.f_type != 0x858458f6 /* RAMFS */ && sfs.f_type != 0x01021994 /* TMPFS */))
 		return 0; /* booted without an initramfs: nothing to leave */
 	struct stat rst;
 	if (stat("/", &rst) < 0)
@@ -331,12 +332,11 @@ int mb_leave_initramfs(void)
 int mb_late_mounts(void)
 {
 	do_mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
-		 "newinstance,ptmxmode=0666,mode=0620");
+	         "newinstance,ptmxmode=0666,mode=0620");
 	do_mount("shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
 	do_mount("run", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
 	do_mount("tmp", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
-	do_mount("cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-		 NULL);
+	do_mount("cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 	mb_mkdir_p(MB_ROOTFS_DIR, 0755);
 	mb_mkdir_p(MB_ETC_DIR, 0755);
 	mb_mkdir_p(MB_MOUNTS_DIR, 0755);
@@ -379,7 +379,7 @@ int mb_find_disk(const char *serial, char *dev, size_t devlen, int timeout_ms)
 }
 
 static int mount_disk(const char *serial, const char *fstype, const char *dst, bool ro,
-		      const char *opts, int timeout_ms, mbp_err *err)
+                      const char *opts, int timeout_ms, mbp_err *err)
 {
 	char dev[64];
 	if (mb_find_disk(serial, dev, sizeof(dev), timeout_ms) < 0)
@@ -388,7 +388,7 @@ static int mount_disk(const char *serial, const char *fstype, const char *dst, b
 	unsigned long fl = ro ? MS_RDONLY : 0;
 	if (mount(dev, dst, fstype, fl, opts && *opts ? opts : NULL) < 0)
 		return mbp_err_set(err, -errno, "mount %s (%s, serial %s) on %s: %s", dev, fstype,
-				   serial, dst, strerror(errno));
+		                   serial, dst, strerror(errno));
 	return 0;
 }
 
@@ -397,23 +397,23 @@ int mb_mount_root(struct mb_config *cfg, mbp_err *err)
 	int rc = 0;
 	if (strcmp(cfg->root_type, "overlay") == 0) {
 		rc = mount_disk(cfg->lower, cfg->lower_fstype, MB_LOWER_DIR, true, NULL,
-				cfg->disk_timeout_ms, err);
+		                cfg->disk_timeout_ms, err);
 		if (rc < 0)
 			return rc;
 		rc = mount_disk(cfg->upper, cfg->upper_fstype, MB_UPPER_DIR, false, NULL,
-				cfg->disk_timeout_ms, err);
+		                cfg->disk_timeout_ms, err);
 		if (rc < 0)
 			return rc;
 		/* The upper disk arrives empty: make upper/ and work/ on first use. */
 		mb_mkdir_p(MB_UPPER_DIR "/upper", 0755);
 		mb_mkdir_p(MB_UPPER_DIR "/work", 0755);
 		if (mount("overlay", MB_ROOTFS_DIR, "overlay", 0,
-			  "lowerdir=" MB_LOWER_DIR ",upperdir=" MB_UPPER_DIR
-			  "/upper,workdir=" MB_UPPER_DIR "/work") < 0)
+		          "lowerdir=" MB_LOWER_DIR ",upperdir=" MB_UPPER_DIR
+		          "/upper,workdir=" MB_UPPER_DIR "/work") < 0)
 			return mbp_err_set(err, -errno, "mount overlay: %s", strerror(errno));
 	} else if (strcmp(cfg->root_type, "disk") == 0) {
 		rc = mount_disk(cfg->root_serial, cfg->root_fstype, MB_ROOTFS_DIR, cfg->root_ro,
-				NULL, cfg->disk_timeout_ms, err);
+		                NULL, cfg->disk_timeout_ms, err);
 		if (rc < 0)
 			return rc;
 	}
@@ -421,15 +421,16 @@ int mb_mount_root(struct mb_config *cfg, mbp_err *err)
 		struct mb_mount *m = &cfg->mounts[i];
 		if (strcmp(m->type, "9p") == 0) {
 			char opts[512];
-			snprintf(opts, sizeof(opts), "trans=virtio,version=9p2000.L,msize=262144%s%s",
-				 m->options[0] ? "," : "", m->options);
+			snprintf(opts, sizeof(opts),
+			         "trans=virtio,version=9p2000.L,msize=262144%s%s",
+			         m->options[0] ? "," : "", m->options);
 			mb_mkdir_p(m->staged, 0755);
 			if (mount(m->source, m->staged, "9p", m->ro ? MS_RDONLY : 0, opts) < 0)
 				return mbp_err_set(err, -errno, "mount 9p tag %s: %s", m->source,
-						   strerror(errno));
+				                   strerror(errno));
 		} else {
 			rc = mount_disk(m->source, m->fstype, m->staged, m->ro, m->options,
-					cfg->disk_timeout_ms, err);
+			                cfg->disk_timeout_ms, err);
 			if (rc < 0)
 				return rc;
 		}
@@ -441,14 +442,14 @@ int mb_write_etc(const struct mb_config *cfg, const char *hostname, mbp_err *err
 {
 	char buf[2048];
 	int n = snprintf(buf, sizeof(buf),
-			 "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+	                 "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
 	if (cfg->address[0])
 		n += snprintf(buf + n, sizeof(buf) - (size_t)n, "%s\t%s\n", cfg->address, hostname);
 	else
 		n += snprintf(buf + n, sizeof(buf) - (size_t)n, "127.0.1.1\t%s\n", hostname);
 	if (cfg->address6[0])
-		n += snprintf(buf + n, sizeof(buf) - (size_t)n, "%s\t%s\n", cfg->address6,
-			      hostname);
+		n +=
+		    snprintf(buf + n, sizeof(buf) - (size_t)n, "%s\t%s\n", cfg->address6, hostname);
 	int rc = mb_write_file(MB_ETC_DIR "/hosts", buf, (size_t)n, 0644);
 	if (rc < 0)
 		return mbp_err_set(err, rc, "write hosts: %s", strerror(-rc));

@@ -34,8 +34,8 @@ static int root_fd(struct mb_agent *a)
 static int open_in(int root, const char *path, int flags, mode_t mode)
 {
 	struct open_how how = { .flags = (uint64_t)(flags | O_CLOEXEC),
-				.mode = (flags & O_CREAT) ? mode : 0,
-				.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
+		                .mode = (flags & O_CREAT) ? mode : 0,
+		                .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
 	long fd = syscall(SYS_openat2, root, path, &how, sizeof(how));
 	return fd < 0 ? -errno : (int)fd;
 }
@@ -82,9 +82,9 @@ static const char *type_name(mode_t m)
 static json_t *stat_json(const struct stat *st)
 {
 	return json_pack("{s:s,s:i,s:I,s:i,s:i,s:I}", "type", type_name(st->st_mode), "mode",
-			 (int)(st->st_mode & 07777), "size", (json_int_t)st->st_size, "uid",
-			 (int)st->st_uid, "gid", (int)st->st_gid, "mtime",
-			 (json_int_t)st->st_mtim.tv_sec);
+	                 (int)(st->st_mode & 07777), "size", (json_int_t)st->st_size, "uid",
+	                 (int)st->st_uid, "gid", (int)st->st_gid, "mtime",
+	                 (json_int_t)st->st_mtim.tv_sec);
 }
 
 static json_t *fs_stat(int root, json_t *req)
@@ -190,9 +190,11 @@ static json_t *fs_write(int root, json_t *req, const uint8_t *data, size_t len)
 		fchmod(fd, (mode_t)mode);
 		json_t *uid = json_object_get(req, "uid"), *gid = json_object_get(req, "gid");
 		if (json_is_integer(uid) || json_is_integer(gid)) {
-			if (fchown(fd, json_is_integer(uid) ? (uid_t)json_integer_value(uid) : (uid_t)-1,
-				   json_is_integer(gid) ? (gid_t)json_integer_value(gid) : (gid_t)-1) <
-			    0) {
+			if (fchown(fd,
+			           json_is_integer(uid) ? (uid_t)json_integer_value(uid)
+			                                : (uid_t)-1,
+			           json_is_integer(gid) ? (gid_t)json_integer_value(gid)
+			                                : (gid_t)-1) < 0) {
 				int e = errno;
 				close(fd);
 				return mbp_reply_error(-e, "chown %s: %s", path, strerror(e));
@@ -290,8 +292,8 @@ static json_t *fs_readdir(int root, json_t *req)
 	return json_pack("{s:b,s:o}", "ok", 1, "entries", arr);
 }
 
-json_t *mb_op_fs(struct mb_agent *a, const char *op, json_t *req, const uint8_t *data,
-		 size_t len, uint8_t **payload, size_t *plen)
+json_t *mb_op_fs(struct mb_agent *a, const char *op, json_t *req, const uint8_t *data, size_t len,
+                 uint8_t **payload, size_t *plen)
 {
 	const char *path = mbp_get_str(req, "path", NULL);
 	if (!path || path[0] != '/')

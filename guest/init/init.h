@@ -32,7 +32,7 @@ uint64_t mb_now_ms(void); /* CLOCK_MONOTONIC in ms */
 
 /* --- boot.c: the per-VM configuration and the machine set-up ------------------------ */
 struct mb_mount {
-	char type[16];	 /* "block" or "9p" */
+	char type[16];   /* "block" or "9p" */
 	char source[64]; /* disk serial (block) or mount tag (9p) */
 	char fstype[32]; /* block only */
 	char target[512];
@@ -62,8 +62,8 @@ struct mb_config {
 	int port;
 	/* root */
 	char root_type[16]; /* "overlay" or "disk" */
-	char lower[64];	    /* overlay: serial of the erofs lower disk */
-	char upper[64];	    /* overlay: serial of the ext4 upper disk */
+	char lower[64];     /* overlay: serial of the erofs lower disk */
+	char upper[64];     /* overlay: serial of the ext4 upper disk */
 	char lower_fstype[32];
 	char upper_fstype[32];
 	char root_serial[64]; /* disk */
@@ -117,8 +117,7 @@ json_t *mb_op_stats(struct mb_agent *a, json_t *req);
 /* Long polls: try to answer now. Returns NULL when the poll must keep waiting (and
  * `final` is false); otherwise the reply header (caller decrefs) and possibly a payload
  * (*payload malloc'ed, caller frees). */
-json_t *mb_poll_read(struct mb_agent *a, json_t *req, bool final, uint8_t **payload,
-		     size_t *plen);
+json_t *mb_poll_read(struct mb_agent *a, json_t *req, bool final, uint8_t **payload, size_t *plen);
 json_t *mb_poll_wait(struct mb_agent *a, json_t *req, bool final);
 void mb_procs_event(struct mb_agent *a, void *tag, uint32_t events);
 void mb_procs_sigchld(struct mb_agent *a);
@@ -129,8 +128,8 @@ bool mb_procs_alive(struct mb_agent *a);
 pid_t mb_procs_main_pid(struct mb_agent *a);
 
 /* --- fs.c ---------------------------------------------------------------------------- */
-json_t *mb_op_fs(struct mb_agent *a, const char *op, json_t *req, const uint8_t *data,
-		 size_t len, uint8_t **payload, size_t *plen);
+json_t *mb_op_fs(struct mb_agent *a, const char *op, json_t *req, const uint8_t *data, size_t len,
+                 uint8_t **payload, size_t *plen);
 
 /* --- agent.c ------------------------------------------------------------------------- */
 struct mb_agent {

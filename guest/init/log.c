@@ -30,7 +30,7 @@ void mb_log(const char *fmt, ...)
 	struct timespec ts;
 	clock_gettime(CLOCK_BOOTTIME, &ts);
 	int n = snprintf(buf, sizeof(buf), "moonbox-init[%5ld.%03ld]: ", (long)ts.tv_sec,
-			 ts.tv_nsec / 1000000);
+	                 ts.tv_nsec / 1000000);
 	va_list ap;
 	va_start(ap, fmt);
 	int m = vsnprintf(buf + n, sizeof(buf) - (size_t)n - 1, fmt, ap);

@@ -69,8 +69,8 @@ int main(int argc, char **argv)
 	if (mb_write_etc(&cfg, cfg.hostname, &e) < 0)
 		fatal("/etc files", e.msg);
 	sethostname(cfg.hostname, strlen(cfg.hostname));
-	mb_log("network: %s %s/%d gw %s", cfg.ifname[0] ? cfg.ifname : "-", cfg.address,
-	       cfg.prefix, cfg.gateway[0] ? cfg.gateway : "-");
+	mb_log("network: %s %s/%d gw %s", cfg.ifname[0] ? cfg.ifname : "-", cfg.address, cfg.prefix,
+	       cfg.gateway[0] ? cfg.gateway : "-");
 
 	a.epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (a.epfd < 0 || mb_procs_init(&a) < 0)

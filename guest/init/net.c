@@ -62,7 +62,8 @@ static int find_ifname(struct mb_config *cfg)
 					continue;
 				mac[strcspn(mac, "\n")] = 0;
 				if (!cfg->mac[0] || strcasecmp(mac, cfg->mac) == 0) {
-					snprintf(cfg->ifname, sizeof(cfg->ifname), "%.15s", de->d_name);
+					snprintf(cfg->ifname, sizeof(cfg->ifname), "%.15s",
+					         de->d_name);
 					closedir(d);
 					return 0;
 				}
@@ -104,7 +105,8 @@ static int setup_v6(struct mb_config *cfg, mbp_err *err)
 		rt.rtmsg_metric = 1;
 		rt.rtmsg_ifindex = idx;
 		if (ioctl(fd, SIOCADDRT, &rt) < 0 && errno != EEXIST)
-			rc = mbp_err_set(err, -errno, "add IPv6 default route: %s", strerror(errno));
+			rc =
+			    mbp_err_set(err, -errno, "add IPv6 default route: %s", strerror(errno));
 	}
 out:
 	close(fd);
@@ -126,7 +128,7 @@ int mb_net_setup(struct mb_config *cfg, mbp_err *err)
 	if (find_ifname(cfg) < 0) {
 		close(fd);
 		return mbp_err_set(err, -ENODEV, "no network interface%s%s",
-				   cfg->mac[0] ? " with MAC " : "", cfg->mac);
+		                   cfg->mac[0] ? " with MAC " : "", cfg->mac);
 	}
 	struct ifreq ifr;
 	if (cfg->mtu > 0) {
@@ -154,8 +156,8 @@ int mb_net_setup(struct mb_config *cfg, mbp_err *err)
 		snprintf(ifr.ifr_name, IFNAMSIZ, "%.15s", cfg->ifname);
 		sin->sin_family = AF_INET;
 		sin->sin_addr.s_addr =
-			cfg->prefix ? htonl(0xffffffffu << (32 - (cfg->prefix > 32 ? 32 : cfg->prefix)))
-				    : 0;
+		    cfg->prefix ? htonl(0xffffffffu << (32 - (cfg->prefix > 32 ? 32 : cfg->prefix)))
+		                : 0;
 		if (ioctl(fd, SIOCSIFNETMASK, &ifr) < 0)
 			mb_log("set netmask: %s", strerror(errno));
 	}
@@ -179,7 +181,7 @@ int mb_net_setup(struct mb_config *cfg, mbp_err *err)
 		rt.rt_dev = cfg->ifname;
 		if (ioctl(fd, SIOCADDRT, &rt) < 0 && errno != EEXIST) {
 			rc = mbp_err_set(err, -errno, "add default route via %s: %s", cfg->gateway,
-					 strerror(errno));
+			                 strerror(errno));
 			close(fd);
 			return rc;
 		}

@@ -262,7 +262,7 @@ static json_t *status_json(struct mb_proc *p)
 		code = 128 + sig;
 	}
 	return json_pack("{s:b,s:i,s:i,s:i,s:b}", "exited", 1, "pid", p->pid, "exit_code", code,
-			 "signal", sig, "oom_killed", p->oom);
+	                 "signal", sig, "oom_killed", p->oom);
 }
 
 void mb_procs_sigchld(struct mb_agent *a)
@@ -335,7 +335,7 @@ struct ctlmsg {
 };
 
 static void ctl_send(int fd, char kind, int val, int passfd, const char *fmt, ...)
-	__attribute__((format(printf, 5, 6)));
+    __attribute__((format(printf, 5, 6)));
 static void ctl_send(int fd, char kind, int val, int passfd, const char *fmt, ...)
 {
 	struct ctlmsg m;
@@ -367,10 +367,10 @@ static void ctl_send(int fd, char kind, int val, int passfd, const char *fmt, ..
 	(void)w;
 }
 
-#define FAIL(ctl, e, ...)                                                                   \
-	do {                                                                                \
-		ctl_send(ctl, 'E', e, -1, __VA_ARGS__);                                     \
-		_exit(127);                                                                 \
+#define FAIL(ctl, e, ...)                                                                          \
+	do {                                                                                       \
+		ctl_send(ctl, 'E', e, -1, __VA_ARGS__);                                            \
+		_exit(127);                                                                        \
 	} while (0)
 
 static int ensure_file(const char *path)
@@ -391,7 +391,7 @@ static int ensure_file(const char *path)
 }
 
 static void mount_or_fail(int ctl, const char *src, const char *dst, const char *type,
-			  unsigned long flags, const char *data)
+                          unsigned long flags, const char *data)
 {
 	mb_mkdir_p(dst, 0755);
 	if (mount(src, dst, type, flags, data) < 0)
@@ -418,9 +418,10 @@ static void setup_root(int ctl, const struct spec *sp)
 	}
 	for (int i = 0; i < nvol; i++) {
 		volfd[i] = open_tree(AT_FDCWD, cfg->mounts[i].staged,
-				     OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+		                     OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
 		if (volfd[i] < 0)
-			FAIL(ctl, errno, "open_tree %s: %s", cfg->mounts[i].staged, strerror(errno));
+			FAIL(ctl, errno, "open_tree %s: %s", cfg->mounts[i].staged,
+			     strerror(errno));
 	}
 	if (chdir(MB_ROOTFS_DIR) < 0)
 		FAIL(ctl, errno, "chdir rootfs: %s", strerror(errno));
@@ -433,12 +434,12 @@ static void setup_root(int ctl, const struct spec *sp)
 
 	mount_or_fail(ctl, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 	mount_or_fail(ctl, "tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_STRICTATIME,
-		      "mode=755,size=65536k");
+	              "mode=755,size=65536k");
 	static const struct {
 		const char *name;
 		unsigned maj, min;
-	} nodes[] = { { "null", 1, 3 },	   { "zero", 1, 5 }, { "full", 1, 7 },
-		      { "random", 1, 8 },  { "urandom", 1, 9 }, { "tty", 5, 0 } };
+	} nodes[] = { { "null", 1, 3 },   { "zero", 1, 5 },    { "full", 1, 7 },
+		      { "random", 1, 8 }, { "urandom", 1, 9 }, { "tty", 5, 0 } };
 	for (size_t i = 0; i < sizeof(nodes) / sizeof(nodes[0]); i++) {
 		char p[64];
 		snprintf(p, sizeof(p), "/dev/%s", nodes[i].name);
@@ -452,13 +453,13 @@ static void setup_root(int ctl, const struct spec *sp)
 	symlink("/proc/self/fd/2", "/dev/stderr");
 	symlink("pts/ptmx", "/dev/ptmx");
 	mount_or_fail(ctl, "devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
-		      "newinstance,ptmxmode=0666,mode=0620,gid=5");
+	              "newinstance,ptmxmode=0666,mode=0620,gid=5");
 	mount_or_fail(ctl, "shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-		      "mode=1777,size=65536k");
+	              "mode=1777,size=65536k");
 	mb_mkdir_p("/dev/mqueue", 0755);
 	mount("mqueue", "/dev/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 	mount_or_fail(ctl, "sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
-		      NULL);
+	              NULL);
 	mount("cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
 	      NULL);
 
@@ -480,7 +481,8 @@ static void setup_root(int ctl, const struct spec *sp)
 		if (move_mount(volfd[i], "", AT_FDCWD, m->target, MOVE_MOUNT_F_EMPTY_PATH) < 0)
 			FAIL(ctl, errno, "mount %s: %s", m->target, strerror(errno));
 		close(volfd[i]);
-		if (m->ro && mount(NULL, m->target, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) < 0)
+		if (m->ro &&
+		    mount(NULL, m->target, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) < 0)
 			FAIL(ctl, errno, "remount %s read-only: %s", m->target, strerror(errno));
 	}
 	if (sp->hostname && *sp->hostname)
@@ -559,13 +561,8 @@ __attribute__((noreturn)) static void child_exec(int ctl, const struct spec *sp,
 		close(master);
 		if (setsid() < 0 || ioctl(slave, TIOCSCTTY, 0) < 0)
 			FAIL(ctl, errno, "controlling terminal: %s", strerror(errno));
-		if (!sp->open_stdin) {
-			/* a terminal without input: like docker run -t without -i */
-			int nul = open("/dev/null", O_RDONLY);
-			dup2(nul >= 0 ? nul : slave, 0);
-		} else {
-			dup2(slave, 0);
-		}
+		/* Like docker -t: stdin is the terminal even when the host sends no input. */
+		dup2(slave, 0);
 		dup2(slave, 1);
 		dup2(slave, 2);
 		if (slave > 2)
@@ -586,7 +583,8 @@ __attribute__((noreturn)) static void child_exec(int ctl, const struct spec *sp,
 		FAIL(ctl, -rc, "%s", why);
 	const char *cwd = sp->cwd && *sp->cwd ? sp->cwd : "/";
 	if (chdir(cwd) < 0) {
-		if (errno == ENOENT && !sp->is_exec && mb_mkdir_p(cwd, 0755) == 0 && chdir(cwd) == 0) {
+		if (errno == ENOENT && !sp->is_exec && mb_mkdir_p(cwd, 0755) == 0 &&
+		    chdir(cwd) == 0) {
 			/* Docker creates a missing working directory for the container */
 		} else {
 			FAIL(ctl, errno, "chdir to cwd (\"%s\") set in config: %s", cwd,
@@ -614,26 +612,27 @@ static int cgroup_setup(struct mb_agent *a, json_t *req, mbp_err *err)
 		static const char *ctrls[] = { "+cpu", "+memory", "+pids", "+io", "+cpuset" };
 		for (size_t i = 0; i < sizeof(ctrls) / sizeof(ctrls[0]); i++)
 			mb_write_file("/sys/fs/cgroup/cgroup.subtree_control", ctrls[i],
-				      strlen(ctrls[i]), 0644);
+			              strlen(ctrls[i]), 0644);
 		if (mkdir(MB_CGROUP_DIR, 0755) < 0 && errno != EEXIST)
 			return mbp_err_set(err, -errno, "create cgroup: %s", strerror(errno));
 		a->procs->cgroup_ready = true;
 	}
+	if (!req)
+		return 0; /* exec: the container's limits apply */
+	/* A new main process gets exactly the limits it asks for ("max" = none). */
 	char v[64];
 	int64_t mem = mbp_get_int(req, "memory_max", 0);
-	if (mem > 0) {
-		int n = snprintf(v, sizeof(v), "%lld", (long long)mem);
-		mb_write_file(MB_CGROUP_DIR "/memory.max", v, (size_t)n, 0644);
+	int n = mem > 0 ? snprintf(v, sizeof(v), "%lld", (long long)mem)
+	                : snprintf(v, sizeof(v), "max");
+	mb_write_file(MB_CGROUP_DIR "/memory.max", v, (size_t)n, 0644);
+	if (mem > 0)
 		mb_write_file(MB_CGROUP_DIR "/memory.swap.max", "0", 1, 0644);
-	}
 	int64_t pids = mbp_get_int(req, "pids_max", 0);
-	if (pids > 0) {
-		int n = snprintf(v, sizeof(v), "%lld", (long long)pids);
-		mb_write_file(MB_CGROUP_DIR "/pids.max", v, (size_t)n, 0644);
-	}
-	const char *cpu = mbp_get_str(req, "cpu_max", NULL);
-	if (cpu)
-		mb_write_file(MB_CGROUP_DIR "/cpu.max", cpu, strlen(cpu), 0644);
+	n = pids > 0 ? snprintf(v, sizeof(v), "%lld", (long long)pids)
+	             : snprintf(v, sizeof(v), "max");
+	mb_write_file(MB_CGROUP_DIR "/pids.max", v, (size_t)n, 0644);
+	const char *cpu = mbp_get_str(req, "cpu_max", "max");
+	mb_write_file(MB_CGROUP_DIR "/cpu.max", cpu, strlen(cpu), 0644);
 	return 0;
 }
 
@@ -643,7 +642,7 @@ static char **strv_from_json(json_t *arr, bool required, mbp_err *err)
 		return calloc(1, sizeof(char *));
 	if (!json_is_array(arr) || (required && json_array_size(arr) == 0)) {
 		mbp_err_set(err, -EINVAL, "expected a%s array of strings",
-			    required ? " non-empty" : "n");
+		            required ? " non-empty" : "n");
 		return NULL;
 	}
 	size_t n = json_array_size(arr);
@@ -683,7 +682,7 @@ static void proc_free(struct mb_proc *p)
 /* Spawn per sp; fills p->pid, p->master. fds: stdin read end (or -1), stdout/stderr
  * write ends. */
 static int spawn(struct mb_agent *a, struct mb_proc *p, const struct spec *sp, int fds[3],
-		 mbp_err *err)
+                 mbp_err *err)
 {
 	int ctl[2];
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ctl) < 0)
@@ -701,10 +700,12 @@ static int spawn(struct mb_agent *a, struct mb_proc *p, const struct spec *sp, i
 		int n = snprintf(pid, sizeof(pid), "%d", getpid());
 		if (mb_write_file(MB_CGROUP_DIR "/cgroup.procs", pid, (size_t)n, 0644) < 0)
 			FAIL(ctl[1], errno, "join cgroup: %s", strerror(errno));
-		int nsflags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWCGROUP;
+		int nsflags =
+		    CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWCGROUP;
 		if (sp->is_exec) {
 			if (setns(sp->target_pidfd, nsflags) < 0)
-				FAIL(ctl[1], errno, "setns into the container: %s", strerror(errno));
+				FAIL(ctl[1], errno, "setns into the container: %s",
+				     strerror(errno));
 		} else if (unshare(nsflags) < 0) {
 			FAIL(ctl[1], errno, "unshare: %s", strerror(errno));
 		}
@@ -743,9 +744,9 @@ static int spawn(struct mb_agent *a, struct mb_proc *p, const struct spec *sp, i
 			struct cmsghdr align;
 		} u;
 		struct msghdr mh = { .msg_iov = &iov,
-				     .msg_iovlen = 1,
-				     .msg_control = u.buf,
-				     .msg_controllen = sizeof(u.buf) };
+			             .msg_iovlen = 1,
+			             .msg_control = u.buf,
+			             .msg_controllen = sizeof(u.buf) };
 		ssize_t r = recvmsg(ctl[0], &mh, MSG_CMSG_CLOEXEC);
 		if (r < 0 && errno == EINTR)
 			continue;
@@ -787,7 +788,7 @@ json_t *mb_op_run(struct mb_agent *a, json_t *req, bool is_exec)
 	if (old) {
 		/* A resent request or a retry: the process already exists. */
 		json_t *r = json_pack("{s:b,s:s,s:i,s:b}", "ok", 1, "id", id, "pid", old->pid,
-				      "existing", 1);
+		                      "existing", 1);
 		return r;
 	}
 	struct mb_proc *main = a->procs->main;
@@ -932,13 +933,13 @@ out:
 
 /* --- stdio ------------------------------------------------------------------------- */
 
-static json_t *take(struct mb_agent *a, struct stream *s, int64_t off, size_t max,
-		    uint8_t *dst, size_t *dlen, mbp_err *err)
+static json_t *take(struct mb_agent *a, struct stream *s, int64_t off, size_t max, uint8_t *dst,
+                    size_t *dlen, mbp_err *err)
 {
 	if (off < 0 || (uint64_t)off < s->base || (uint64_t)off > s->base + s->len) {
 		mbp_err_set(err, -ERANGE, "offset %lld outside the buffered range [%llu, %llu]",
-			    (long long)off, (unsigned long long)s->base,
-			    (unsigned long long)(s->base + s->len));
+		            (long long)off, (unsigned long long)s->base,
+		            (unsigned long long)(s->base + s->len));
 		return NULL;
 	}
 	/* Everything below off is acknowledged: drop it and let the pipe flow again. */
@@ -956,11 +957,10 @@ static json_t *take(struct mb_agent *a, struct stream *s, int64_t off, size_t ma
 	*dlen = n;
 	bool eof = s->eof && n == s->len;
 	return json_pack("{s:I,s:I,s:b}", "offset", (json_int_t)off, "len", (json_int_t)n, "eof",
-			 eof);
+	                 eof);
 }
 
-json_t *mb_poll_read(struct mb_agent *a, json_t *req, bool final, uint8_t **payload,
-		     size_t *plen)
+json_t *mb_poll_read(struct mb_agent *a, json_t *req, bool final, uint8_t **payload, size_t *plen)
 {
 	struct mb_proc *p = find(a, mbp_get_str(req, "id", ""));
 	if (!p)
@@ -988,7 +988,7 @@ json_t *mb_poll_read(struct mb_agent *a, json_t *req, bool final, uint8_t **payl
 	s1 = take(a, &p->out, o1, (size_t)max, buf, &n1, &e);
 	s2 = take(a, &p->err, o2, (size_t)max, buf + n1, &n2, &e);
 	json_t *r = json_pack("{s:b,s:o,s:o,s:b}", "ok", 1, "stdout", s1, "stderr", s2, "exited",
-			      p->exited);
+	                      p->exited);
 	if (p->exited)
 		json_object_set_new(r, "status", status_json(p));
 	*payload = buf;
@@ -1018,7 +1018,7 @@ json_t *mb_op_write(struct mb_agent *a, json_t *req, const uint8_t *data, size_t
 	bool eof = mbp_get_bool(req, "eof", 0);
 	if (off < 0 || (uint64_t)off > in->off)
 		return mbp_reply_error(-ERANGE, "stdin offset %lld is past %llu", (long long)off,
-				       (unsigned long long)in->off);
+		                       (unsigned long long)in->off);
 	size_t skip = (size_t)(in->off - (uint64_t)off);
 	size_t accepted = 0;
 	if (skip < len) {
@@ -1041,7 +1041,7 @@ json_t *mb_op_write(struct mb_agent *a, json_t *req, const uint8_t *data, size_t
 	if (!in->closed)
 		in_flush(a, in);
 	return json_pack("{s:b,s:I,s:b}", "ok", 1, "offset", (json_int_t)in->off, "closed",
-			 in->closed);
+	                 in->closed);
 }
 
 json_t *mb_op_resize(struct mb_agent *a, json_t *req)
@@ -1052,7 +1052,7 @@ json_t *mb_op_resize(struct mb_agent *a, json_t *req)
 	if (!p->tty || p->out.fd < 0)
 		return mbp_reply_error(-ENOTTY, "%s has no terminal", p->id);
 	struct winsize ws = { .ws_row = (unsigned short)mbp_get_int(req, "rows", 24),
-			      .ws_col = (unsigned short)mbp_get_int(req, "cols", 80) };
+		              .ws_col = (unsigned short)mbp_get_int(req, "cols", 80) };
 	if (ioctl(p->out.fd, TIOCSWINSZ, &ws) < 0)
 		return mbp_reply_error(-errno, "resize: %s", strerror(errno));
 	return mbp_reply_ok();
@@ -1061,10 +1061,10 @@ json_t *mb_op_resize(struct mb_agent *a, json_t *req)
 static const struct {
 	const char *name;
 	int sig;
-} signames[] = { { "HUP", SIGHUP },   { "INT", SIGINT },   { "QUIT", SIGQUIT },
-		 { "KILL", SIGKILL }, { "USR1", SIGUSR1 }, { "USR2", SIGUSR2 },
-		 { "TERM", SIGTERM }, { "CONT", SIGCONT }, { "STOP", SIGSTOP },
-		 { "WINCH", SIGWINCH }, { "ALRM", SIGALRM }, { "PIPE", SIGPIPE } };
+} signames[] = { { "HUP", SIGHUP },     { "INT", SIGINT },   { "QUIT", SIGQUIT },
+	         { "KILL", SIGKILL },   { "USR1", SIGUSR1 }, { "USR2", SIGUSR2 },
+	         { "TERM", SIGTERM },   { "CONT", SIGCONT }, { "STOP", SIGSTOP },
+	         { "WINCH", SIGWINCH }, { "ALRM", SIGALRM }, { "PIPE", SIGPIPE } };
 
 json_t *mb_op_signal(struct mb_agent *a, json_t *req)
 {
@@ -1089,7 +1089,7 @@ json_t *mb_op_signal(struct mb_agent *a, json_t *req)
 	if (p->exited)
 		return mbp_reply_error(-ESRCH, "%s has exited", p->id);
 	int rc = p->pidfd >= 0 ? (int)syscall(SYS_pidfd_send_signal, p->pidfd, sig, NULL, 0)
-			       : kill(p->pid, sig);
+	                       : kill(p->pid, sig);
 	if (rc < 0)
 		return mbp_reply_error(-errno, "signal %d to %s: %s", sig, p->id, strerror(errno));
 	return mbp_reply_ok();
@@ -1165,17 +1165,19 @@ json_t *mb_op_stats(struct mb_agent *a, json_t *req)
 		       &v[3], &v[4], &v[5], &v[6], &v[7]);
 		long hz = sysconf(_SC_CLK_TCK);
 		unsigned long long busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
-		json_object_set_new(cpu, "vm_busy_usec",
-				    json_integer((json_int_t)(busy * 1000000ULL / (unsigned long long)hz)));
+		json_object_set_new(
+		    cpu, "vm_busy_usec",
+		    json_integer((json_int_t)(busy * 1000000ULL / (unsigned long long)hz)));
 		json_object_set_new(cpu, "vm_idle_usec",
-				    json_integer((json_int_t)((v[3] + v[4]) * 1000000ULL /
-							      (unsigned long long)hz)));
+		                    json_integer((json_int_t)((v[3] + v[4]) * 1000000ULL /
+		                                              (unsigned long long)hz)));
 	}
 	json_object_set_new(cpu, "online", json_integer(sysconf(_SC_NPROCESSORS_ONLN)));
 	json_object_set_new(r, "cpu", cpu);
 
 	json_t *mem = json_object();
-	json_object_set_new(mem, "current", json_integer(mb_read_int(MB_CGROUP_DIR "/memory.current", 0)));
+	json_object_set_new(mem, "current",
+	                    json_integer(mb_read_int(MB_CGROUP_DIR "/memory.current", 0)));
 	if (mb_read_file(MB_CGROUP_DIR "/memory.max", buf, sizeof(buf)) > 0) {
 		if (strncmp(buf, "max", 3) == 0)
 			json_object_set_new(mem, "limit", json_null());
@@ -1189,12 +1191,13 @@ json_t *mb_op_stats(struct mb_agent *a, json_t *req)
 	if (mb_read_file("/proc/meminfo", buf, sizeof(buf)) > 0) {
 		json_object_set_new(mem, "vm_total", json_integer(kv(buf, "MemTotal") * 1024));
 		json_object_set_new(mem, "vm_available",
-				    json_integer(kv(buf, "MemAvailable") * 1024));
+		                    json_integer(kv(buf, "MemAvailable") * 1024));
 	}
 	json_object_set_new(r, "memory", mem);
 
 	json_t *pids = json_object();
-	json_object_set_new(pids, "current", json_integer(mb_read_int(MB_CGROUP_DIR "/pids.current", 0)));
+	json_object_set_new(pids, "current",
+	                    json_integer(mb_read_int(MB_CGROUP_DIR "/pids.current", 0)));
 	if (mb_read_file(MB_CGROUP_DIR "/pids.max", buf, sizeof(buf)) > 0 &&
 	    strncmp(buf, "max", 3) != 0)
 		json_object_set_new(pids, "limit", json_integer(strtoll(buf, NULL, 10)));
@@ -1202,13 +1205,15 @@ json_t *mb_op_stats(struct mb_agent *a, json_t *req)
 
 	json_t *net = json_object();
 	if (a->cfg->ifname[0]) {
-		static const char *keys[] = { "rx_bytes",  "tx_bytes",	"rx_packets", "tx_packets",
-					      "rx_errors", "tx_errors", "rx_dropped", "tx_dropped" };
+		static const char *keys[] = {
+			"rx_bytes",  "tx_bytes",  "rx_packets", "tx_packets",
+			"rx_errors", "tx_errors", "rx_dropped", "tx_dropped"
+		};
 		json_t *o = json_object();
 		for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
 			char p[256];
 			snprintf(p, sizeof(p), "/sys/class/net/%s/statistics/%s", a->cfg->ifname,
-				 keys[i]);
+			         keys[i]);
 			json_object_set_new(o, keys[i], json_integer(mb_read_int(p, 0)));
 		}
 		json_object_set_new(net, a->cfg->ifname, o);
@@ -1232,11 +1237,11 @@ json_t *mb_op_stats(struct mb_agent *a, json_t *req)
 				sscanf(buf, "%llu %llu %llu %llu %llu %llu %llu %llu", &s[0], &s[1],
 				       &s[2], &s[3], &s[4], &s[5], &s[6], &s[7]);
 			json_array_append_new(
-				blk, json_pack("{s:s,s:s,s:I,s:I,s:I,s:I}", "device", de->d_name,
-					       "serial", serial, "read_ios", (json_int_t)s[0],
-					       "read_bytes", (json_int_t)(s[2] * 512), "write_ios",
-					       (json_int_t)s[4], "write_bytes",
-					       (json_int_t)(s[6] * 512)));
+			    blk,
+			    json_pack("{s:s,s:s,s:I,s:I,s:I,s:I}", "device", de->d_name, "serial",
+			              serial, "read_ios", (json_int_t)s[0], "read_bytes",
+			              (json_int_t)(s[2] * 512), "write_ios", (json_int_t)s[4],
+			              "write_bytes", (json_int_t)(s[6] * 512)));
 		}
 		closedir(d);
 	}
@@ -1246,7 +1251,7 @@ json_t *mb_op_stats(struct mb_agent *a, json_t *req)
 		nproc++;
 		running += !p->exited;
 	}
-	json_object_set_new(r, "processes", json_pack("{s:i,s:i}", "tracked", nproc, "running",
-						      running));
+	json_object_set_new(r, "processes",
+	                    json_pack("{s:i,s:i}", "tracked", nproc, "running", running));
 	return r;
 }

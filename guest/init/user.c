@@ -95,7 +95,7 @@ int mb_resolve_user(const char *spec, struct mb_user *u, char *why, size_t whyle
 	}
 	if (!user_num && !found) {
 		snprintf(why, whylen, "unable to find user %s: no matching entries in passwd file",
-			 user);
+		         user);
 		return -ENOENT;
 	}
 
@@ -128,7 +128,7 @@ int mb_resolve_user(const char *spec, struct mb_user *u, char *why, size_t whyle
 	}
 	if (!group_found) {
 		snprintf(why, whylen, "unable to find group %s: no matching entries in group file",
-			 group);
+		         group);
 		return -ENOENT;
 	}
 	/* The primary group is always in the list (like Docker). */

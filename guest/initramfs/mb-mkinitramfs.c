@@ -62,7 +62,7 @@ static uint8_t *slurp(const char *path, size_t *len)
 struct mod {
 	char name[128]; /* normalised: '-' -> '_' */
 	char path[512]; /* relative to kmod dir */
-	char *deps;	/* space-separated relative paths (borrowed from the dep file) */
+	char *deps;     /* space-separated relative paths (borrowed from the dep file) */
 	bool added;
 	bool visiting;
 };
@@ -130,7 +130,8 @@ static void add_mod(mbp_cpio *c, const char *kdir, struct mod *m, char *order, s
 	m->visiting = true;
 	char deps[4096];
 	snprintf(deps, sizeof(deps), "%s", m->deps);
-	for (char *save = NULL, *d = strtok_r(deps, " ", &save); d; d = strtok_r(NULL, " ", &save)) {
+	for (char *save = NULL, *d = strtok_r(deps, " ", &save); d;
+	     d = strtok_r(NULL, " ", &save)) {
 		struct mod *dm = find_mod(d);
 		if (!dm)
 			die("%s needs %s, which is not in modules.dep", m->name, d);
@@ -175,6 +176,18 @@ static void write_out(const char *out, const uint8_t *data, size_t len, bool gz)
 		}
 		if (gzclose(g) != Z_OK)
 			die("%s: gzclose failed", tmp);
+		/* The kernel only looks for an uncompressed archive appended after a compressed
+		 * one at a 4-byte aligned offset (and skips zero bytes): pad to 512 so that the
+		 * per-VM boot archive can simply be concatenated. */
+		int fd = open(tmp, O_WRONLY | O_APPEND | O_CLOEXEC);
+		struct stat st;
+		if (fd < 0 || fstat(fd, &st) < 0)
+			die("%s: %s", tmp, strerror(errno));
+		static const uint8_t zeros[512];
+		size_t pad = (512 - (size_t)st.st_size % 512) % 512;
+		if (pad && write(fd, zeros, pad) != (ssize_t)pad)
+			die("pad %s: %s", tmp, strerror(errno));
+		close(fd);
 	} else {
 		int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 		if (fd < 0)
@@ -249,8 +262,11 @@ int main(int argc, char **argv)
 		die("--init PATH is required");
 	mbp_cpio c;
 	mbp_cpio_init(&c);
-	static const char *dirs[] = { "dev", "proc", "sys", "run", "tmp", "etc", "etc/moonbox",
-				      "lib", "lib/moonbox", "lib/moonbox/modules", "sbin" };
+	static const char *dirs[] = {
+		"dev", "proc",        "sys", "run",         "tmp",
+		"etc", "etc/moonbox", "lib", "lib/moonbox", "lib/moonbox/modules",
+		"sbin"
+	};
 	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
 		mode_t mode = strcmp(dirs[i], "tmp") == 0 ? 01777 : 0755;
 		if (strcmp(dirs[i], "etc/moonbox") == 0)
@@ -282,7 +298,7 @@ int main(int argc, char **argv)
 			add_mod(&c, kdir, m, order, 65536);
 		}
 		if (mbp_cpio_add_file(&c, "lib/moonbox/modules.order", 0644, 0, 0, order,
-				      strlen(order), &err) < 0)
+		                      strlen(order), &err) < 0)
 			die("%s", err.msg);
 		fprintf(stderr, "mb-mkinitramfs: modules (load order):\n%s", order);
 		free(order);

@@ -11,14 +11,14 @@
 
 static int passed, failed;
 
-#define CHECK(cond)                                                                         \
-	do {                                                                                \
-		if (cond) {                                                                 \
-			passed++;                                                           \
-		} else {                                                                    \
-			failed++;                                                           \
-			fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);     \
-		}                                                                           \
+#define CHECK(cond)                                                                                \
+	do {                                                                                       \
+		if (cond) {                                                                        \
+			passed++;                                                                  \
+		} else {                                                                           \
+			failed++;                                                                  \
+			fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);            \
+		}                                                                                  \
 	} while (0)
 
 static void hex(const uint8_t *d, size_t n, char *out)

@@ -36,7 +36,7 @@ static uint64_t now_ms(void)
 }
 
 __attribute__((noreturn)) static void die(const char *fmt, ...)
-	__attribute__((format(printf, 1, 2)));
+    __attribute__((format(printf, 1, 2)));
 static void die(const char *fmt, ...)
 {
 	va_list ap;
@@ -51,7 +51,7 @@ static void die(const char *fmt, ...)
 /* One request/reply. hdr is stolen. On success *rep is a new reference (caller decrefs)
  * and, if payload is not NULL, *payload is malloc'ed (caller frees). */
 static int call(struct client *c, json_t *hdr, const void *data, size_t dlen, int timeout_ms,
-		json_t **rep, uint8_t **payload, size_t *plen, mbp_err *err)
+                json_t **rep, uint8_t **payload, size_t *plen, mbp_err *err)
 {
 	uint8_t *buf;
 	size_t len;
@@ -65,13 +65,13 @@ static int call(struct client *c, json_t *hdr, const void *data, size_t dlen, in
 	free(buf);
 	if (rv != 0)
 		return mbp_err_set(err, rv == NNG_ETIMEDOUT ? -ETIMEDOUT : -EIO, "send: %s",
-				   nng_strerror(rv));
+		                   nng_strerror(rv));
 	void *rbuf;
 	size_t rlen;
 	rv = nng_recv(c->sock, &rbuf, &rlen, NNG_FLAG_ALLOC);
 	if (rv != 0)
 		return mbp_err_set(err, rv == NNG_ETIMEDOUT ? -ETIMEDOUT : -ECONNRESET,
-				   "receive: %s", nng_strerror(rv));
+		                   "receive: %s", nng_strerror(rv));
 	json_t *h;
 	const uint8_t *p;
 	size_t pl;
@@ -105,7 +105,7 @@ static int handshake(struct client *c, int timeout_ms, json_t **hello_rep, mbp_e
 		return rc;
 	mbp_hex_encode(hn, sizeof(hn), hex);
 	json_t *req = json_pack("{s:s,s:i,s:s,s:s}", "op", MBP_OP_HELLO, "version", MBP_VERSION,
-				"nonce", hex, "client", "mb-agentctl");
+	                        "nonce", hex, "client", "mb-agentctl");
 	json_t *rep;
 	rc = call(c, req, NULL, 0, timeout_ms, &rep, NULL, NULL, err);
 	if (rc < 0)
@@ -125,14 +125,14 @@ static int handshake(struct client *c, int timeout_ms, json_t **hello_rep, mbp_e
 	if (!mbp_ct_equal(proof, got, sizeof(proof)) && c->verify_agent) {
 		json_decref(rep);
 		return mbp_err_set(err, -EACCES,
-				   "agent failed authentication: it does not know the token");
+		                   "agent failed authentication: it does not know the token");
 	}
 	mbp_auth_host_proof(c->token, tl, hn, an, proof);
 	char phex[2 * MBP_SHA256_LEN + 1];
 	mbp_hex_encode(proof, sizeof(proof), phex);
 	json_t *auth;
-	rc = call(c, json_pack("{s:s,s:s}", "op", MBP_OP_AUTH, "proof", phex), NULL, 0,
-		  timeout_ms, &auth, NULL, NULL, err);
+	rc = call(c, json_pack("{s:s,s:s}", "op", MBP_OP_AUTH, "proof", phex), NULL, 0, timeout_ms,
+	          &auth, NULL, NULL, err);
 	if (rc < 0) {
 		json_decref(rep);
 		return rc;
@@ -181,14 +181,14 @@ static void connect_client(struct client *c, int wait_ready_ms)
 
 /* Call and retry once after re-authenticating if the connection was replaced. */
 static json_t *rpc(struct client *c, json_t *req, const void *data, size_t dlen, int wait_ms,
-		   uint8_t **payload, size_t *plen)
+                   uint8_t **payload, size_t *plen)
 {
 	mbp_err err = { 0 };
 	for (int attempt = 0;; attempt++) {
 		json_t *rep;
 		json_incref(req);
-		int rc = call(c, req, data, dlen, c->timeout_ms + wait_ms, &rep, payload, plen,
-			      &err);
+		int rc =
+		    call(c, req, data, dlen, c->timeout_ms + wait_ms, &rep, payload, plen, &err);
 		if (rc == 0 && attempt == 0 && !mbp_get_bool(rep, "ok", 0) &&
 		    strcmp(mbp_get_str(rep, "error", ""), "EACCES") == 0 &&
 		    strstr(mbp_get_str(rep, "message", ""), "not authenticated")) {
@@ -270,7 +270,7 @@ static int attach(struct client *c, const char *id, bool send_stdin)
 			size_t n = inlen - insent > 262144 ? 262144 : inlen - insent;
 			bool eof = insent + n == inlen;
 			json_t *req = json_pack("{s:s,s:s,s:I,s:b}", "op", MBP_OP_WRITE, "id", id,
-						"offset", (json_int_t)insent, "eof", eof);
+			                        "offset", (json_int_t)insent, "eof", eof);
 			json_t *rep = rpc(c, req, in + insent, n, 0, NULL, NULL);
 			if (!mbp_get_bool(rep, "ok", 0)) {
 				in_done = true; /* stdin closed by the process */
@@ -282,8 +282,8 @@ static int attach(struct client *c, const char *id, bool send_stdin)
 			json_decref(rep);
 		}
 		json_t *req = json_pack("{s:s,s:s,s:I,s:I,s:i,s:i}", "op", MBP_OP_READ, "id", id,
-					"stdout", (json_int_t)off[0], "stderr", (json_int_t)off[1],
-					"max", 1 << 20, "wait_ms", in_done ? 5000 : 0);
+		                        "stdout", (json_int_t)off[0], "stderr", (json_int_t)off[1],
+		                        "max", 1 << 20, "wait_ms", in_done ? 5000 : 0);
 		uint8_t *data = NULL;
 		size_t dlen = 0;
 		json_t *rep = rpc(c, req, NULL, 0, 5000, &data, &dlen);
@@ -292,7 +292,8 @@ static int attach(struct client *c, const char *id, bool send_stdin)
 			exit(1);
 		}
 		json_t *so = json_object_get(rep, "stdout"), *se = json_object_get(rep, "stderr");
-		size_t l1 = (size_t)mbp_get_int(so, "len", 0), l2 = (size_t)mbp_get_int(se, "len", 0);
+		size_t l1 = (size_t)mbp_get_int(so, "len", 0),
+		       l2 = (size_t)mbp_get_int(se, "len", 0);
 		if (l1 + l2 > dlen)
 			die("short read reply");
 		write_all(1, data, l1);
@@ -302,7 +303,8 @@ static int attach(struct client *c, const char *id, bool send_stdin)
 		free(data);
 		bool eof = mbp_get_bool(so, "eof", 0) && mbp_get_bool(se, "eof", 0);
 		if (eof && mbp_get_bool(rep, "exited", 0)) {
-			int code = (int)mbp_get_int(json_object_get(rep, "status"), "exit_code", 255);
+			int code =
+			    (int)mbp_get_int(json_object_get(rep, "status"), "exit_code", 255);
 			json_decref(rep);
 			free(in);
 			return code;
@@ -313,23 +315,24 @@ static int attach(struct client *c, const char *id, bool send_stdin)
 
 static void usage(void)
 {
-	fputs("usage: mb-agentctl --addr tcp://HOST:PORT (--token T | --token-file F) [options] "
-	      "COMMAND ...\n"
-	      "options: --timeout-ms N  --wait-ready-ms N  --no-verify-agent\n"
-	      "commands:\n"
-	      "  hello | ping | list | stats\n"
-	      "  run ID [proc options] -- ARGV...     start the container's main process\n"
-	      "  exec ID [proc options] -- ARGV...    start a process in the running container\n"
-	      "     proc options: --tty --stdin --attach --user U --cwd D --env K=V --hostname H\n"
-	      "                   --rows N --cols N --memory-max BYTES --pids-max N --buffer BYTES\n"
-	      "     --attach streams output (and stdin with --stdin) and exits with its code\n"
-	      "  attach ID [--stdin]\n"
-	      "  write ID [--eof] [--offset N] DATA\n"
-	      "  read ID [--stdout N] [--stderr N] [--wait-ms N]\n"
-	      "  wait ID [--wait-ms N] | signal ID SIG | resize ID ROWS COLS | release ID\n"
-	      "  cp-in LOCAL PATH [--mode M] | cp-out PATH LOCAL | stat PATH | ls PATH\n"
-	      "  mkdir PATH [--parents] | shutdown [--grace-ms N] | raw JSON\n",
-	      stderr);
+	fputs(
+	    "usage: mb-agentctl --addr tcp://HOST:PORT (--token T | --token-file F) [options] "
+	    "COMMAND ...\n"
+	    "options: --timeout-ms N  --wait-ready-ms N  --no-verify-agent\n"
+	    "commands:\n"
+	    "  hello | ping | list | stats\n"
+	    "  run ID [proc options] -- ARGV...     start the container's main process\n"
+	    "  exec ID [proc options] -- ARGV...    start a process in the running container\n"
+	    "     proc options: --tty --stdin --attach --user U --cwd D --env K=V --hostname H\n"
+	    "                   --rows N --cols N --memory-max BYTES --pids-max N --buffer BYTES\n"
+	    "     --attach streams output (and stdin with --stdin) and exits with its code\n"
+	    "  attach ID [--stdin]\n"
+	    "  write ID [--eof] [--offset N] DATA\n"
+	    "  read ID [--stdout N] [--stderr N] [--wait-ms N]\n"
+	    "  wait ID [--wait-ms N] | signal ID SIG | resize ID ROWS COLS | release ID\n"
+	    "  cp-in LOCAL PATH [--mode M] | cp-out PATH LOCAL | stat PATH | ls PATH\n"
+	    "  mkdir PATH [--parents] | shutdown [--grace-ms N] | raw JSON\n",
+	    stderr);
 	exit(2);
 }
 
@@ -356,7 +359,7 @@ static int cmd_run(struct client *c, int argc, char **argv, bool is_exec)
 		} else if (strcmp(a, "--attach") == 0) {
 			do_attach = true;
 		} else if (v && (strcmp(a, "--user") == 0 || strcmp(a, "--cwd") == 0 ||
-				 strcmp(a, "--hostname") == 0 || strcmp(a, "--cpu-max") == 0)) {
+		                 strcmp(a, "--hostname") == 0 || strcmp(a, "--cpu-max") == 0)) {
 			const char *key = strcmp(a, "--cpu-max") == 0 ? "cpu_max" : a + 2;
 			json_object_set_new(req, key, json_string(v));
 			i++;
@@ -364,8 +367,8 @@ static int cmd_run(struct client *c, int argc, char **argv, bool is_exec)
 			json_array_append_new(env, json_string(v));
 			i++;
 		} else if (v && (strcmp(a, "--rows") == 0 || strcmp(a, "--cols") == 0 ||
-				 strcmp(a, "--memory-max") == 0 || strcmp(a, "--pids-max") == 0 ||
-				 strcmp(a, "--buffer") == 0)) {
+		                 strcmp(a, "--memory-max") == 0 || strcmp(a, "--pids-max") == 0 ||
+		                 strcmp(a, "--buffer") == 0)) {
 			char key[32];
 			snprintf(key, sizeof(key), "%s", a + 2);
 			for (char *p = key; *p; p++)
@@ -411,7 +414,7 @@ static int cmd_cp_in(struct client *c, const char *local, const char *path, int 
 		if (n == 0 && off > 0)
 			break;
 		json_t *req = json_pack("{s:s,s:s,s:I,s:i}", "op", MBP_OP_FS_WRITE, "path", path,
-					"offset", (json_int_t)off, "mode", mode);
+		                        "offset", (json_int_t)off, "mode", mode);
 		json_t *rep = rpc(c, req, buf, (size_t)n, 0, NULL, NULL);
 		if (!mbp_get_bool(rep, "ok", 0)) {
 			free(buf);
@@ -431,13 +434,15 @@ static int cmd_cp_in(struct client *c, const char *local, const char *path, int 
 
 static int cmd_cp_out(struct client *c, const char *path, const char *local)
 {
-	int fd = strcmp(local, "-") == 0 ? 1 : open(local, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	int fd = strcmp(local, "-") == 0
+	             ? 1
+	             : open(local, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0)
 		die("%s: %s", local, strerror(errno));
 	int64_t off = 0;
 	for (;;) {
 		json_t *req = json_pack("{s:s,s:s,s:I,s:i}", "op", MBP_OP_FS_READ, "path", path,
-					"offset", (json_int_t)off, "max", MBP_MAX_CHUNK);
+		                        "offset", (json_int_t)off, "max", MBP_MAX_CHUNK);
 		uint8_t *data = NULL;
 		size_t dlen = 0;
 		json_t *rep = rpc(c, req, NULL, 0, 0, &data, &dlen);
@@ -520,7 +525,7 @@ int main(int argc, char **argv)
 			die("%s", err.msg);
 		rc = print_reply(rep);
 	} else if (strcmp(cmd, "ping") == 0 || strcmp(cmd, "list") == 0 ||
-		   strcmp(cmd, "stats") == 0) {
+	           strcmp(cmd, "stats") == 0) {
 		rc = print_reply(rpc(&c, mbp_request(cmd), NULL, 0, 0, NULL, NULL));
 	} else if (strcmp(cmd, "run") == 0 || strcmp(cmd, "exec") == 0) {
 		rc = cmd_run(&c, ac, av, strcmp(cmd, "exec") == 0);
@@ -534,7 +539,7 @@ int main(int argc, char **argv)
 				json_object_set_new(req, "eof", json_true());
 			else if (strcmp(av[i], "--offset") == 0 && i + 1 < ac - 1)
 				json_object_set_new(req, "offset",
-						    json_integer(strtoll(av[++i], NULL, 10)));
+				                    json_integer(strtoll(av[++i], NULL, 10)));
 		}
 		rc = print_reply(rpc(&c, req, data, strlen(data), 0, NULL, NULL));
 	} else if (strcmp(cmd, "read") == 0 && ac >= 1) {
@@ -543,7 +548,8 @@ int main(int argc, char **argv)
 		for (int i = 1; i + 1 < ac; i += 2) {
 			if (strcmp(av[i], "--wait-ms") == 0)
 				wait = atoi(av[i + 1]);
-			json_object_set_new(req, av[i] + 2, json_integer(strtoll(av[i + 1], NULL, 10)));
+			json_object_set_new(req, av[i] + 2,
+			                    json_integer(strtoll(av[i + 1], NULL, 10)));
 		}
 		json_object_del(req, "wait-ms");
 		json_object_set_new(req, "wait_ms", json_integer(wait));
@@ -557,8 +563,8 @@ int main(int argc, char **argv)
 		json_decref(rep);
 	} else if (strcmp(cmd, "wait") == 0 && ac >= 1) {
 		int wait = ac >= 3 && strcmp(av[1], "--wait-ms") == 0 ? atoi(av[2]) : 60000;
-		json_t *req = json_pack("{s:s,s:s,s:i}", "op", MBP_OP_WAIT, "id", av[0], "wait_ms",
-					wait);
+		json_t *req =
+		    json_pack("{s:s,s:s,s:i}", "op", MBP_OP_WAIT, "id", av[0], "wait_ms", wait);
 		rc = print_reply(rpc(&c, req, NULL, 0, wait, NULL, NULL));
 	} else if (strcmp(cmd, "signal") == 0 && ac >= 2) {
 		json_t *req = json_pack("{s:s,s:s}", "op", MBP_OP_SIGNAL, "id", av[0]);
@@ -567,37 +573,38 @@ int main(int argc, char **argv)
 		json_object_set_new(req, "signal", *end ? json_string(av[1]) : json_integer(n));
 		rc = print_reply(rpc(&c, req, NULL, 0, 0, NULL, NULL));
 	} else if (strcmp(cmd, "resize") == 0 && ac >= 3) {
-		json_t *req = json_pack("{s:s,s:s,s:i,s:i}", "op", MBP_OP_RESIZE, "id", av[0], "rows",
-					atoi(av[1]), "cols", atoi(av[2]));
+		json_t *req = json_pack("{s:s,s:s,s:i,s:i}", "op", MBP_OP_RESIZE, "id", av[0],
+		                        "rows", atoi(av[1]), "cols", atoi(av[2]));
 		rc = print_reply(rpc(&c, req, NULL, 0, 0, NULL, NULL));
 	} else if (strcmp(cmd, "release") == 0 && ac >= 1) {
 		rc = print_reply(rpc(&c, json_pack("{s:s,s:s}", "op", MBP_OP_RELEASE, "id", av[0]),
-				     NULL, 0, 0, NULL, NULL));
+		                     NULL, 0, 0, NULL, NULL));
 	} else if (strcmp(cmd, "cp-in") == 0 && ac >= 2) {
-		int mode = ac >= 4 && strcmp(av[2], "--mode") == 0 ? (int)strtol(av[3], NULL, 8) : -1;
+		int mode =
+		    ac >= 4 && strcmp(av[2], "--mode") == 0 ? (int)strtol(av[3], NULL, 8) : -1;
 		rc = cmd_cp_in(&c, av[0], av[1], mode);
 	} else if (strcmp(cmd, "cp-out") == 0 && ac >= 2) {
 		rc = cmd_cp_out(&c, av[0], av[1]);
 	} else if ((strcmp(cmd, "stat") == 0 || strcmp(cmd, "ls") == 0) && ac >= 1) {
 		const char *op = strcmp(cmd, "stat") == 0 ? MBP_OP_FS_STAT : MBP_OP_FS_READDIR;
 		rc = print_reply(rpc(&c, json_pack("{s:s,s:s}", "op", op, "path", av[0]), NULL, 0,
-				     0, NULL, NULL));
+		                     0, NULL, NULL));
 	} else if (strcmp(cmd, "mkdir") == 0 && ac >= 1) {
 		json_t *req = json_pack("{s:s,s:s,s:b}", "op", MBP_OP_FS_MKDIR, "path", av[0],
-					"parents", ac >= 2 && strcmp(av[1], "--parents") == 0);
+		                        "parents", ac >= 2 && strcmp(av[1], "--parents") == 0);
 		rc = print_reply(rpc(&c, req, NULL, 0, 0, NULL, NULL));
 	} else if (strcmp(cmd, "shutdown") == 0) {
 		int grace = ac >= 2 && strcmp(av[0], "--grace-ms") == 0 ? atoi(av[1]) : 10000;
-		rc = print_reply(rpc(&c, json_pack("{s:s,s:i}", "op", MBP_OP_SHUTDOWN, "grace_ms",
-						   grace),
-				     NULL, 0, 0, NULL, NULL));
+		rc = print_reply(
+		    rpc(&c, json_pack("{s:s,s:i}", "op", MBP_OP_SHUTDOWN, "grace_ms", grace), NULL,
+		        0, 0, NULL, NULL));
 	} else if (strcmp(cmd, "raw") == 0 && ac >= 1) {
 		json_error_t je;
 		json_t *req = json_loads(av[0], 0, &je);
 		if (!req)
 			die("bad JSON: %s", je.text);
-		rc = print_reply(rpc(&c, req, NULL, 0, (int)mbp_get_int(req, "wait_ms", 0), NULL,
-				     NULL));
+		rc = print_reply(
+		    rpc(&c, req, NULL, 0, (int)mbp_get_int(req, "wait_ms", 0), NULL, NULL));
 	} else {
 		usage();
 	}
