@@ -285,3 +285,68 @@ int mbp_hex_decode(const char *hex, uint8_t *out, size_t len)
 	}
 	return 0;
 }
+
+json_t *mbp_hello_request(uint8_t host_nonce[MBP_NONCE_LEN], const char *client, mbp_err *err)
+{
+	if (mbp_random(host_nonce, MBP_NONCE_LEN, err) < 0)
+		return NULL;
+	char hex[2 * MBP_NONCE_LEN + 1];
+	mbp_hex_encode(host_nonce, MBP_NONCE_LEN, hex);
+	json_t *r = json_pack("{s:s,s:i,s:s,s:s}", "op", MBP_OP_HELLO, "version", MBP_VERSION,
+	                      "nonce", hex, "client", client ? client : "moonbox");
+	if (!r)
+		mbp_err_set(err, -ENOMEM, "out of memory");
+	return r;
+}
+
+json_t *mbp_auth_request(const json_t *hello_reply, const char *token, size_t token_len,
+                         const uint8_t host_nonce[MBP_NONCE_LEN], mbp_err *err)
+{
+	if (mbp_reply_check(hello_reply, err) < 0)
+		return NULL;
+	int64_t v = mbp_get_int(hello_reply, "version", 0);
+	if (v != MBP_VERSION) {
+		mbp_err_set(err, -EPROTONOSUPPORT, "agent speaks protocol %lld, we speak %d",
+		            (long long)v, MBP_VERSION);
+		return NULL;
+	}
+	uint8_t an[MBP_NONCE_LEN], got[MBP_SHA256_LEN], want[MBP_SHA256_LEN];
+	if (mbp_hex_decode(mbp_get_str(hello_reply, "nonce", ""), an, sizeof(an)) < 0 ||
+	    mbp_hex_decode(mbp_get_str(hello_reply, "proof", ""), got, sizeof(got)) < 0) {
+		mbp_err_set(err, -EBADMSG, "malformed hello reply");
+		return NULL;
+	}
+	mbp_auth_agent_proof(token, token_len, host_nonce, an, want);
+	if (!mbp_ct_equal(got, want, sizeof(want))) {
+		mbp_err_set(err, -EACCES,
+		            "agent failed authentication: it does not know the token");
+		return NULL;
+	}
+	mbp_auth_host_proof(token, token_len, host_nonce, an, want);
+	char hex[2 * MBP_SHA256_LEN + 1];
+	mbp_hex_encode(want, sizeof(want), hex);
+	json_t *r = json_pack("{s:s,s:s}", "op", MBP_OP_AUTH, "proof", hex);
+	if (!r)
+		mbp_err_set(err, -ENOMEM, "out of memory");
+	return r;
+}
+
+long mbp_host_tsc_khz(mbp_err *err)
+{
+	FILE *f = fopen("/proc/cpuinfo", "re");
+	if (!f)
+		return mbp_err_set(err, -errno, "/proc/cpuinfo: %s", strerror(errno));
+	char line[512];
+	long khz = 0;
+	while (fgets(line, sizeof(line), f)) {
+		double mhz;
+		if (sscanf(line, "cpu MHz : %lf", &mhz) == 1) {
+			khz = (long)(mhz * 1000.0 + 0.5);
+			break;
+		}
+	}
+	fclose(f);
+	if (khz <= 0)
+		return mbp_err_set(err, -ENOENT, "no \"cpu MHz\" in /proc/cpuinfo");
+	return khz;
+}

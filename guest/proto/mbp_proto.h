@@ -116,6 +116,29 @@ void mbp_auth_host_proof(const char *token, size_t token_len,
 /* Fill buf with len bytes from getrandom(2). 0 or negative errno. */
 int mbp_random(void *buf, size_t len, mbp_err *err);
 
+/*
+ * Host side of the handshake, so that every client does it the same way:
+ *   uint8_t hn[MBP_NONCE_LEN];
+ *   json_t *hello = mbp_hello_request(hn, "moonbox-vm", &err);     // send it
+ *   json_t *auth = mbp_auth_request(hello_reply, token, len, hn, &err); // send it
+ * then check the auth reply with mbp_reply_check(). Both must travel on the same
+ * connection (nng pipe); after a reconnect start again with a new hello.
+ */
+/* Build a hello request with a fresh random nonce (written to host_nonce). New reference
+ * (caller decrefs) or NULL with err filled. */
+json_t *mbp_hello_request(uint8_t host_nonce[MBP_NONCE_LEN], const char *client, mbp_err *err);
+/* Check hello_reply (borrowed): protocol version and the agent's proof of the token.
+ * Returns the auth request to send (new reference, caller decrefs), or NULL with err
+ * filled: -EACCES when the agent does not know the token (do not talk to it),
+ * -EPROTONOSUPPORT on a version mismatch, -EBADMSG on a malformed reply. */
+json_t *mbp_auth_request(const json_t *hello_reply, const char *token, size_t token_len,
+                         const uint8_t host_nonce[MBP_NONCE_LEN], mbp_err *err);
+
+/* The host's TSC frequency in kHz, for the guest's tsc_early_khz= (under TCG the guest TSC
+ * is the host TSC). Read from /proc/cpuinfo ("cpu MHz"); returns kHz > 0 or a negative
+ * errno. */
+long mbp_host_tsc_khz(mbp_err *err);
+
 /* Lower-case hex of len bytes into out (2*len+1 bytes, NUL-terminated). */
 void mbp_hex_encode(const uint8_t *in, size_t len, char *out);
 /* Decode exactly len bytes from a hex string; -EINVAL if hex is not 2*len hex digits. */

@@ -111,6 +111,33 @@ static void test_auth(void)
 	mbp_hex_encode(a1, 32, hx);
 	CHECK(mbp_hex_decode(hx, b, 32) == 0 && memcmp(a1, b, 32) == 0);
 	CHECK(mbp_hex_decode("zz", b, 1) == -EINVAL);
+
+	/* the host-side helpers against a simulated agent */
+	const char *tok = "secret-token-0123";
+	uint8_t hn2[32], an2[32], proof[32];
+	mbp_err err = { 0 };
+	json_t *hello = mbp_hello_request(hn2, "test", &err);
+	CHECK(hello && strcmp(mbp_get_str(hello, "op", ""), "hello") == 0);
+	memset(an2, 7, 32);
+	mbp_auth_agent_proof(tok, strlen(tok), hn2, an2, proof);
+	char nhex[65], phex[65];
+	mbp_hex_encode(an2, 32, nhex);
+	mbp_hex_encode(proof, 32, phex);
+	json_t *rep = json_pack("{s:b,s:i,s:s,s:s}", "ok", 1, "version", MBP_VERSION, "nonce", nhex,
+	                        "proof", phex);
+	json_t *auth = mbp_auth_request(rep, tok, strlen(tok), hn2, &err);
+	CHECK(auth != NULL);
+	uint8_t hp[32], got[32];
+	mbp_auth_host_proof(tok, strlen(tok), hn2, an2, hp);
+	CHECK(auth && mbp_hex_decode(mbp_get_str(auth, "proof", ""), got, 32) == 0 &&
+	      memcmp(got, hp, 32) == 0);
+	json_decref(auth);
+	/* an agent with another token is detected */
+	CHECK(mbp_auth_request(rep, "another-token-xyz", 17, hn2, &err) == NULL &&
+	      err.code == -EACCES);
+	json_decref(rep);
+	json_decref(hello);
+	CHECK(mbp_host_tsc_khz(NULL) > 0);
 }
 
 static void test_cpio(void)
