@@ -199,6 +199,7 @@ static struct pipe_auth *pipe_get(struct srv *s, uint32_t id, bool create)
 	return free_slot;
 }
 
+/* op_hello/op_auth borrow req and return a new reply reference (caller decrefs). */
 static json_t *op_hello(struct srv *s, struct pipe_auth *pa, json_t *req)
 {
 	int v = (int)mbp_get_int(req, "version", 0);
@@ -246,6 +247,7 @@ static json_t *op_auth(struct srv *s, struct pipe_auth *pa, json_t *req)
 	                 (json_int_t)(mb_now_ms() - s->a->boot_ms));
 }
 
+/* Answer a long poll now or park it; takes ownership of req. */
 static void park(struct srv *s, struct srv_ctx *c, json_t *req, uint32_t pipe, int kind)
 {
 	int64_t wait_ms = mbp_get_int(req, "wait_ms", 0);
@@ -303,6 +305,7 @@ static void run_polls(struct srv *s, bool force, uint32_t gone_pipe)
 	}
 }
 
+/* Takes ownership of c->msg; always leads to a reply or a new receive on c. */
 static void handle(struct srv *s, struct srv_ctx *c)
 {
 	nng_msg *m = c->msg;

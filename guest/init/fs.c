@@ -79,6 +79,7 @@ static const char *type_name(mode_t m)
 	return "socket";
 }
 
+/* New reference (caller decrefs). */
 static json_t *stat_json(const struct stat *st)
 {
 	return json_pack("{s:s,s:i,s:I,s:i,s:i,s:I}", "type", type_name(st->st_mode), "mode",
@@ -114,6 +115,8 @@ static json_t *fs_stat(int root, json_t *req)
 	return r;
 }
 
+/* On success *payload is malloc'ed (caller frees). Every fs_* handler returns a new
+ * reply reference (caller decrefs) and borrows req. */
 static json_t *fs_read(int root, json_t *req, uint8_t **payload, size_t *plen)
 {
 	const char *path = mbp_get_str(req, "path", "");

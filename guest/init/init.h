@@ -77,6 +77,7 @@ struct mb_config {
 
 /* Read MB_BOOT_JSON into cfg and delete the file. 0 or negative errno. */
 int mb_config_load(struct mb_config *cfg, mbp_err *err);
+/* Frees what mb_config_load allocated in cfg (not cfg itself) and wipes the token. */
 void mb_config_free(struct mb_config *cfg);
 int mb_load_modules(const struct mb_config *cfg);
 int mb_early_mounts(void);
@@ -127,7 +128,7 @@ bool mb_procs_alive(struct mb_agent *a);
 /* pid of the running main container process, or 0. */
 pid_t mb_procs_main_pid(struct mb_agent *a);
 
-/* --- fs.c ---------------------------------------------------------------------------- */
+/* --- fs.c: borrows req/data; returns a new reply reference, *payload malloc'ed --- */
 json_t *mb_op_fs(struct mb_agent *a, const char *op, json_t *req, const uint8_t *data, size_t len,
                  uint8_t **payload, size_t *plen);
 

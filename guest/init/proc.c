@@ -250,6 +250,7 @@ static int64_t oom_kills(void)
 	return p ? strtoll(p + 9, NULL, 10) : 0;
 }
 
+/* New reference (caller decrefs): the exit status object of p. */
 static json_t *status_json(struct mb_proc *p)
 {
 	if (!p->exited)
@@ -636,6 +637,8 @@ static int cgroup_setup(struct mb_agent *a, json_t *req, mbp_err *err)
 	return 0;
 }
 
+/* A NULL-terminated vector (caller frees the vector only) whose strings are borrowed from
+ * arr: valid while the request lives. */
 static char **strv_from_json(json_t *arr, bool required, mbp_err *err)
 {
 	if (!arr && !required)
@@ -663,6 +666,7 @@ static char **strv_from_json(json_t *arr, bool required, mbp_err *err)
 	return v;
 }
 
+/* Frees p, its buffers and its fds (takes ownership of p). */
 static void proc_free(struct mb_proc *p)
 {
 	if (p->out.fd >= 0)
@@ -933,6 +937,8 @@ out:
 
 /* --- stdio ------------------------------------------------------------------------- */
 
+/* Acknowledge s below off and copy up to max bytes from off into dst (may be NULL).
+ * Returns a new reference (caller decrefs) describing the chunk, or NULL with err. */
 static json_t *take(struct mb_agent *a, struct stream *s, int64_t off, size_t max, uint8_t *dst,
                     size_t *dlen, mbp_err *err)
 {

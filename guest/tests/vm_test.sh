@@ -168,6 +168,13 @@ show_console() {
 	echo "-----------------------------------"
 }
 
+on_error() {
+	echo "not ok - the script failed at line $1" >&2
+	show_console >&2
+	echo "$flavor: $pass passed, $((fail + 1)) failed"
+}
+trap 'on_error $LINENO' ERR
+
 echo "# flavor=$flavor kernel=$kernel tsc_early_khz=$khz"
 boot
 A=(--addr "tcp://127.0.0.1:$port" --token "$token")
@@ -215,6 +222,13 @@ out=$(C run m9 --attach -- nonexistent-binary 2>&1 || true)
 check "run of a missing binary fails with a clear error" \
 	contains "$out" 'executable file not found'
 
+# OOM: a main process over its memory limit is killed and reported as such.
+rc=0
+C run oom --memory-max 16777216 --attach -- dd if=/dev/zero of=/dev/null bs=64M count=1 >/dev/null 2>&1 || rc=$?
+out=$(C wait oom)
+check "OOM kill reported (oom_killed, SIGKILL)" test "$(jget "$out" '.oom_killed and .signal == 9')" = true
+C release oom >/dev/null
+
 out=$(C run main --env GREETING=hi -- sh -c \
 	'trap "echo got-term; exit 0" TERM; echo main-up; while :; do sleep 1 & wait $!; done')
 check "run long-running main process" test "$(jget "$out" .ok)" = true
@@ -257,6 +271,19 @@ want=$(awk '{print $1}' <<<"$out")
 C exec big --buffer 65536 --attach -- cat /tmp/big >"$tmp/big.out"
 got=$(sha256sum "$tmp/big.out" | awk '{print $1}')
 check "1 MiB of stdout intact (64 KiB buffer)" test "$got" = "$want" -a "$(stat -c %s "$tmp/big.out")" = 1048576
+
+# --- reading again from an unacknowledged offset (host restart) -------------------------------
+C exec rr -- echo resume-me >/dev/null
+C wait rr >/dev/null
+out1=$(C read rr --stdout 0 --stderr 0)
+out2=$(C read rr --stdout 0 --stderr 0)
+check "read is repeatable until acknowledged (new connection each time)" \
+	test "$(tail -n 1 <<<"$out1")" = resume-me -a "$out1" = "$out2"
+out=$(C read rr --stdout 10 --stderr 0 | head -n 1)
+check "reading from the end: eof and exit status" \
+	test "$(jget "$out" '.stdout.eof and .exited and .status.exit_code == 0')" = true
+out=$(C read rr --stdout 0 --stderr 0 | head -n 1 || true)
+check "acknowledged data cannot be read again" test "$(jget "$out" .error)" = ERANGE
 
 # --- stdin ------------------------------------------------------------------------------
 head -c 307200 /dev/urandom >"$tmp/stdin.bin"
