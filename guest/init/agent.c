@@ -497,11 +497,6 @@ __attribute__((noreturn)) static void finish_shutdown(struct mb_agent *a, struct
 		pause();
 }
 
-void mb_agent_kick(struct mb_agent *a)
-{
-	(void)a;
-}
-
 void mb_agent_run(struct mb_agent *a)
 {
 	struct srv *s = calloc(1, sizeof(*s));

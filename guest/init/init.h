@@ -152,8 +152,6 @@ struct mb_tag {
 
 /* Run the agent until shutdown; never returns (reboots the VM). */
 void mb_agent_run(struct mb_agent *a) __attribute__((noreturn));
-/* Re-check parked long polls (after a process event). */
-void mb_agent_kick(struct mb_agent *a);
 void mb_begin_shutdown(struct mb_agent *a, int64_t grace_ms);
 
 #endif

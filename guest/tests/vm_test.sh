@@ -39,6 +39,7 @@ cleanup() {
 	fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
 
 pass=0
 fail=0
@@ -105,6 +106,7 @@ mounts+=']'
 cat >"$tmp/boot.json" <<JSON
 {"version": 1, "token": "$token", "hostname": "testvm",
  "network": {"mac": "52:54:00:12:34:56", "address": "10.0.2.15/24", "gateway": "10.0.2.2",
+             "address6": "fec0::15/64", "gateway6": "fec0::2",
              "dns": ["10.0.2.3"], "mtu": 1500},
  "agent": {"port": 1025},
  "root": {"type": "overlay", "lower": "lower", "upper": "upper"},
@@ -203,6 +205,8 @@ else
 fi
 out=$(C raw '{"op":"auth","proof":"00"}' || true)
 check "auth without hello is refused" contains "$out" '"ok":false'
+out=$("$ctl" "${A[@]}" --no-auth raw '{"op":"stats"}' || true)
+check "requests on an unauthenticated connection are refused" contains "$out" "not authenticated"
 
 # --- the container's main process: exit codes, separated streams ----------------------------
 rc=0
@@ -264,6 +268,11 @@ if [[ "$flavor" == custom ]]; then
 fi
 out=$(C exec e7 --attach -- sh -c 'echo x > /etc/written; ls /sys/kernel >/dev/null && touch /sys/x 2>/dev/null || echo sys-ro')
 check "/sys is read-only in the container" contains "$out" sys-ro
+
+out=$(C exec v6 --attach -- sh -c 'cat /proc/net/if_inet6; httpd -f -p "[::]:8080" -h /etc </dev/null >/dev/null 2>&1 &
+	for i in $(seq 1 100); do wget -q -O - "http://[::1]:8080/image-file" && break; sleep 0.2; done')
+check "IPv6 address from the config" contains "$out" "fec0000000000000000000000000001"
+check "a server can listen on [::]" contains "$out" image-file
 
 # --- 1 MiB of output, intact, through a small buffer (back-pressure) -------------------------
 out=$(C exec big-gen --attach -- sh -c 'head -c 1048576 /dev/urandom > /tmp/big; sha256sum /tmp/big')
