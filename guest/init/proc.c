@@ -74,6 +74,7 @@ struct instream {
 
 struct mb_proc {
 	char id[128];
+	char hostname[65]; /* main: the container's hostname (exec'd processes inherit it) */
 	bool is_main;
 	bool tty;
 	pid_t pid;
@@ -811,7 +812,7 @@ json_t *mb_op_run(struct mb_agent *a, json_t *req, bool is_exec)
 	sp.cols = (unsigned short)mbp_get_int(req, "cols", 0);
 	sp.cwd = mbp_get_str(req, "cwd", "/");
 	sp.user = mbp_get_str(req, "user", "");
-	sp.hostname = mbp_get_str(req, "hostname", a->cfg->hostname);
+	sp.hostname = is_exec ? main->hostname : mbp_get_str(req, "hostname", a->cfg->hostname);
 	sp.cfg = a->cfg;
 	sp.target_pidfd = -1;
 	sp.argv = strv_from_json(json_object_get(req, "argv"), true, &e);
@@ -837,6 +838,7 @@ json_t *mb_op_run(struct mb_agent *a, json_t *req, bool is_exec)
 		goto out;
 	}
 	snprintf(p->id, sizeof(p->id), "%s", id);
+	snprintf(p->hostname, sizeof(p->hostname), "%s", sp.hostname ? sp.hostname : "");
 	p->is_main = !is_exec;
 	p->tty = sp.tty;
 	p->master = -1;
