@@ -226,6 +226,14 @@ static json_t *fs_mkdir(int root, json_t *req)
 	bool parents = mbp_get_bool(req, "parents", 0);
 	if (!parents) {
 		int rc = mkdir_one(root, path, mode);
+		if (rc == -EEXIST) {
+			/* a repeated request: fine if a directory is there */
+			int fd = open_in(root, path, O_PATH | O_DIRECTORY, 0);
+			if (fd >= 0) {
+				close(fd);
+				rc = 0;
+			}
+		}
 		if (rc < 0)
 			return mbp_reply_error(rc, "mkdir %s: %s", path, strerror(-rc));
 		return mbp_reply_ok();
