@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -262,7 +263,9 @@ int mbr_read_file(const char *path, size_t limit, char **out, size_t *len, mb_er
 
 int mbr_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode, mb_err *err)
 {
-	_cleanup_free_ char *tmp = mbr_sprintf("%s.tmp.%d", path, (int)getpid());
+	static atomic_uint seq; /* unique per call: threads of one process may race here */
+	_cleanup_free_ char *tmp =
+	    mbr_sprintf("%s.tmp.%d.%u", path, (int)getpid(), atomic_fetch_add(&seq, 1));
 	if (!tmp)
 		return mb_err_set(err, -ENOMEM, "out of memory");
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);

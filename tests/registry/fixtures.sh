@@ -12,7 +12,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
 fixture_init
-trap fixture_cleanup EXIT INT TERM
+trap 'cleanup_mounts 2>/dev/null || true; fixture_cleanup' EXIT INT TERM
 
 start_registry plain plain
 start_registry basic basic
@@ -82,6 +82,8 @@ echo "$pass passed, $fail failed"
 if [ "${1:-}" = "--serve" ]; then
 	echo "REG_plain=$REG_plain REG_basic=$REG_basic REG_token=$REG_token FIXTURE_DIR=$FIXTURE_DIR"
 	echo "serving; Ctrl-C to stop"
-	while sleep 3600; do :; done
+	sleep infinity &
+	echo $! >>"$FIXTURE_DIR/pids"
+	wait $! || true
 fi
 [ "$fail" -eq 0 ]
