@@ -288,7 +288,7 @@ int mbr_store_verify(const mbr_store *s, const char *digest, mb_err *err)
 }
 
 static void gc_dir(const char *dir, const char *prefix, const char *suffix, const mbr_strset *live,
-                   uint64_t *removed, uint64_t *bytes)
+                   int64_t before, uint64_t *removed, uint64_t *bytes)
 {
 	DIR *d = opendir(dir);
 	if (!d)
@@ -307,7 +307,10 @@ static void gc_dir(const char *dir, const char *prefix, const char *suffix, cons
 		if (mbr_digest_parse(key, NULL, NULL) < 0 || mbr_strset_has(live, key))
 			continue;
 		struct stat st;
-		if (fstatat(dfd, n, &st, AT_SYMLINK_NOFOLLOW) == 0 && unlinkat(dfd, n, 0) == 0) {
+		if (fstatat(dfd, n, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    (before && st.st_mtime >= before))
+			continue;
+		if (unlinkat(dfd, n, 0) == 0) {
 			(*removed)++;
 			*bytes += (uint64_t)st.st_blocks * 512;
 		}
@@ -316,11 +319,12 @@ static void gc_dir(const char *dir, const char *prefix, const char *suffix, cons
 }
 
 int mbr_store_gc(const mbr_store *s, const mbr_strset *live_blobs, const mbr_strset *live_disks,
-                 bool clean_tmp, struct mbr_gc_stats *st, mb_err *err)
+                 int64_t before, bool clean_tmp, struct mbr_gc_stats *st, mb_err *err)
 {
 	memset(st, 0, sizeof(*st));
-	gc_dir(s->blobs, "", "", live_blobs, &st->blobs_removed, &st->bytes_freed);
-	gc_dir(s->disks, "sha256-", ".erofs", live_disks, &st->disks_removed, &st->bytes_freed);
+	gc_dir(s->blobs, "", "", live_blobs, before, &st->blobs_removed, &st->bytes_freed);
+	gc_dir(s->disks, "sha256-", ".erofs", live_disks, before, &st->disks_removed,
+	       &st->bytes_freed);
 	if (!clean_tmp)
 		return 0;
 	DIR *d = opendir(s->tmp);

@@ -69,9 +69,11 @@ struct mbr_gc_stats {
 	uint64_t tmp_removed;
 	uint64_t bytes_freed;
 };
-/* Remove blobs and disks whose digest is not in the live sets (digests "sha256:<hex>"),
- * and, when clean_tmp, everything under tmp/ except recent partial downloads. Blocking. */
+/* Remove blobs and disks whose digest is not in the live sets (digests "sha256:<hex>") and
+ * that were last modified before `before` (unix seconds; 0: no limit -- the guard keeps
+ * content written by pulls running concurrently with the collection), and, when clean_tmp,
+ * everything under tmp/ except recent partial downloads. Blocking. */
 int mbr_store_gc(const mbr_store *s, const mbr_strset *live_blobs, const mbr_strset *live_disks,
-                 bool clean_tmp, struct mbr_gc_stats *st, mb_err *err);
+                 int64_t before, bool clean_tmp, struct mbr_gc_stats *st, mb_err *err);
 
 #endif
