@@ -57,7 +57,40 @@ struct login_job {
 	struct mbr_cred cred;
 };
 
-static bool gc_wanted; /* a removal asked for a collection while pulls were running */
+static bool gc_wanted;  /* a removal asked for a collection while pulls were running */
+static bool gc_running; /* a collection is on a worker: new pulls and loads wait for it */
+
+struct deferred {
+	struct deferred *next;
+	void (*fn)(void *arg);
+	void *arg;
+};
+static struct deferred *after_gc;
+static struct gc_job *current_gc;
+
+static int defer_until_gc_done(void (*fn)(void *), void *arg)
+{
+	struct deferred *d = calloc(1, sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	d->fn = fn;
+	d->arg = arg;
+	d->next = after_gc;
+	after_gc = d;
+	return 0;
+}
+
+static void run_deferred(void)
+{
+	struct deferred *d = after_gc;
+	after_gc = NULL;
+	while (d) {
+		struct deferred *n = d->next;
+		d->fn(d->arg);
+		free(d);
+		d = n;
+	}
+}
 static struct login_job *logins_running[16];
 
 static int push_fail(lua_State *L, const mb_err *err)
@@ -233,6 +266,29 @@ static void need_task(lua_State *L, const char *fn)
 		luaL_error(L, "registry.%s must be called from a task (it waits)", fn);
 }
 
+static int rpp_start(struct rp_pull *rpp, mb_err *err)
+{
+	struct mbr_pull_opts o = { .reference = rpp->input,
+		                   .cred = &rpp->cred,
+		                   .insecure = rpp->insecure,
+		                   .platform = rpp->platform[0] ? rpp->platform : NULL };
+	rpp->p = mbr_pull_start(rp.eng, &o, pull_progress, pull_done, rpp, err);
+	mbr_cred_clear(&rpp->cred); /* the job has its own copy */
+	return rpp->p ? 0 : (err && err->code ? err->code : -EIO);
+}
+
+static void rpp_deferred_start(void *arg)
+{
+	struct rp_pull *rpp = arg;
+	mb_err err = { 0 };
+	if (rpp_start(rpp, &err) < 0) {
+		finish_waiters(rpp, NULL, &err);
+		unlink_pull(rpp);
+		free(rpp);
+		rp.host->hold(rp.self, -1);
+	}
+}
+
 /* registry.pull(ref [, {auth=, insecure=, platform=}]) -> record | nil, msg, code
  * [-1|2, +1|3, e]; yields until the pull is done. */
 static int l_pull(lua_State *L)
@@ -260,25 +316,28 @@ static int l_pull(lua_State *L)
 		if (!strcmp(x->ref, key))
 			rpp = x;
 	if (!rpp) {
-		struct mbr_cred cred;
-		int has = opts_auth(L, 2, &cred);
-		if (has < 0)
-			return fail_code(L, -EINVAL, "invalid X-Registry-Auth header");
-		if (!has)
-			rp_cred_lookup(r.domain, &cred);
-		struct mbr_pull_opts o = { .reference = ref,
-			                   .cred = &cred,
-			                   .insecure = opt_bool(L, 2, "insecure"),
-			                   .platform = platform };
 		rpp = calloc(1, sizeof(*rpp));
-		if (!rpp) {
-			mbr_cred_clear(&cred);
+		if (!rpp)
 			return fail_code(L, -ENOMEM, "out of memory");
+		int has = opts_auth(L, 2, &rpp->cred);
+		if (has < 0) {
+			free(rpp);
+			return fail_code(L, -EINVAL, "invalid X-Registry-Auth header");
 		}
+		if (!has)
+			rp_cred_lookup(r.domain, &rpp->cred);
 		snprintf(rpp->ref, sizeof(rpp->ref), "%s", key);
-		rpp->p = mbr_pull_start(rp.eng, &o, pull_progress, pull_done, rpp, &err);
-		mbr_cred_clear(&cred);
-		if (!rpp->p) {
+		snprintf(rpp->input, sizeof(rpp->input), "%s", ref);
+		snprintf(rpp->platform, sizeof(rpp->platform), "%s", platform ? platform : "");
+		rpp->insecure = opt_bool(L, 2, "insecure");
+		if (gc_running) {
+			if (defer_until_gc_done(rpp_deferred_start, rpp) < 0) {
+				mbr_cred_clear(&rpp->cred);
+				free(rpp);
+				return fail_code(L, -ENOMEM, "out of memory");
+			}
+		} else if (rpp_start(rpp, &err) < 0) {
+			mbr_cred_clear(&rpp->cred);
 			free(rpp);
 			return push_fail(L, &err);
 		}
@@ -469,6 +528,10 @@ static void gc_done(void *arg)
 	mbr_strset_free(&g->disks);
 	free(g);
 	rp.host->hold(rp.self, -1);
+	gc_running = false;
+	current_gc = NULL;
+	if (!rp.shutting_down)
+		run_deferred();
 }
 
 static struct gc_job *gc_start(mb_err *err)
@@ -484,7 +547,7 @@ static struct gc_job *gc_start(mb_err *err)
 		free(g);
 		return NULL;
 	}
-	g->before = (int64_t)time(NULL) - 1;
+	g->before = 0; /* pulls and loads wait while the collection runs (gc_running) */
 	g->clean_tmp = rp.eng->active == 0 && rp.loads == 0;
 	if (rp.host->work(gc_work, gc_done, g, err) < 0) {
 		mbr_strset_free(&g->blobs);
@@ -494,6 +557,8 @@ static struct gc_job *gc_start(mb_err *err)
 	}
 	rp.host->hold(rp.self, 1);
 	gc_wanted = false;
+	gc_running = true;
+	current_gc = g;
 	return g;
 }
 
@@ -501,7 +566,7 @@ static void background_gc(void)
 {
 	if (rp.shutting_down)
 		return;
-	if (rp.pulls || rp.loads || rp.eng->active) {
+	if (rp.pulls || rp.loads || rp.eng->active || gc_running) {
 		gc_wanted = true; /* after the running pulls */
 		return;
 	}
@@ -515,12 +580,19 @@ static void background_gc(void)
 static int l_gc(lua_State *L)
 {
 	need_task(L, "gc");
-	if (rp.pulls || rp.loads || rp.eng->active)
-		return fail_code(L, MBR_E_CONFLICT, "pulls or loads are running; try again later");
 	mb_err err = { 0 };
-	struct gc_job *g = gc_start(&err);
-	if (!g)
-		return push_fail(L, &err);
+	struct gc_job *g = NULL;
+	if (gc_running && current_gc && !current_gc->waiter) {
+		g = current_gc; /* a background collection is running: wait for it */
+	} else {
+		if (rp.pulls || rp.loads || rp.eng->active || gc_running)
+			return fail_code(
+			    L, MBR_E_CONFLICT,
+			    "pulls, loads or a collection are running; try again later");
+		g = gc_start(&err);
+		if (!g)
+			return push_fail(L, &err);
+	}
 	struct rp_waiter *w = calloc(1, sizeof(*w));
 	if (!w)
 		return luaL_error(L, "out of memory");
@@ -645,6 +717,16 @@ static void load_done(void *arg)
 		load_finish(ld);
 }
 
+static void load_deferred_start(void *arg)
+{
+	struct rp_load *ld = arg;
+	mb_err err = { 0 };
+	if (rp.host->work(load_work, load_done, ld, &err) < 0) {
+		ld->first_err = err;
+		load_finish(ld);
+	}
+}
+
 /* registry.load(path [, {platform=}]) -> {record...} | nil, msg, code   [-1|2, +1|3, e];
  * yields. Accepts docker save archives (.tar, .tar.gz) and OCI image-layout archives. */
 static int l_load(lua_State *L)
@@ -668,10 +750,13 @@ static int l_load(lua_State *L)
 		free(ld);
 		return push_fail(L, &err);
 	}
-	if (rp.host->work(load_work, load_done, ld, &err) < 0) {
+	if (gc_running ? defer_until_gc_done(load_deferred_start, ld)
+	               : rp.host->work(load_work, load_done, ld, &err)) {
 		json_decref(ld->records);
 		free(ld->path);
 		free(ld);
+		if (!err.code)
+			mb_err_set(&err, -ENOMEM, "out of memory");
 		return push_fail(L, &err);
 	}
 	rp.loads++;
@@ -893,8 +978,23 @@ void rp_lua_shutdown(void)
 		struct rp_pull *rpp = rp.pulls;
 		rp.pulls = rpp->next;
 		finish_waiters(rpp, NULL, &err);
-		mbr_pull_free(rpp->p);
+		if (rpp->p)
+			mbr_pull_free(rpp->p);
+		mbr_cred_clear(&rpp->cred);
 		free(rpp);
+	}
+	/* deferred loads: finish them with the shutdown error */
+	struct deferred *d = after_gc;
+	after_gc = NULL;
+	while (d) {
+		struct deferred *n = d->next;
+		if (d->fn == load_deferred_start) {
+			struct rp_load *ld = d->arg;
+			ld->first_err = err;
+			load_finish(ld);
+		}
+		free(d);
+		d = n;
 	}
 	for (size_t i = 0; i < sizeof(logins_running) / sizeof(logins_running[0]); i++) {
 		struct login_job *lj = logins_running[i];

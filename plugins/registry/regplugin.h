@@ -15,9 +15,14 @@ struct rp_waiter;
 /* One running pull (several Lua tasks may wait on the same reference). */
 struct rp_pull {
 	struct rp_pull *next;
-	mbr_pull *p;
-	char ref[600]; /* normalised reference */
+	mbr_pull *p;   /* NULL while deferred behind a garbage collection */
+	char ref[600]; /* normalised reference (+ platform): the key for sharing */
 	struct rp_waiter *waiters;
+	/* what is needed to start it (later) */
+	char input[600];
+	char platform[64];
+	bool insecure;
+	struct mbr_cred cred;
 };
 
 /* One running archive load. */

@@ -141,3 +141,18 @@ if mount -t tmpfs -o size=3m tmpfs "$small" 2>/dev/null; then
 else
 	echo "skip - disk full (cannot mount tmpfs)"
 fi
+
+# The plugin itself, loaded by mbr-fakehost (a stand-in for the core) and driven from Lua.
+if [ -n "${MBR_FAKEHOST:-}" ] && [ -n "${MBR_PLUGIN:-}" ]; then
+	pstate="$FIXTURE_DIR/plugin-state"
+	mkdir -p "$pstate"
+	if REG_plain=$REG_plain REG_basic=$REG_basic REG_token=$REG_token MBR_STATE=$pstate \
+		"$MBR_FAKEHOST" "$MBR_PLUGIN" "$pstate" "$here/plugin_test.lua" >"$FIXTURE_DIR/plugin.out" 2>&1; then
+		pass=$((pass + 1))
+		echo "ok   - plugin Lua module (fakehost): $(tail -1 "$FIXTURE_DIR/plugin.out")"
+	else
+		fail=$((fail + 1))
+		echo "FAIL - plugin Lua module (fakehost)"
+	fi
+	grep -E "^(FAIL|task error)" -A3 "$FIXTURE_DIR/plugin.out" | sed 's/^/       /' || true
+fi
