@@ -28,6 +28,7 @@ struct layer {
 	mbr_req *req;
 	void *wait_timer;
 	bool inflight_mine;
+	bool w_busy; /* the writer is in use by a worker job (prepare/verify) */
 };
 
 struct mbr_pull {
@@ -69,6 +70,9 @@ struct mbr_pull {
 	size_t next_unpack;
 	bool unpacking;
 	bool mkfs_started;
+	bool mkfs_running;
+	bool rm_pending; /* remove the scratch tree once the job using it is back */
+	bool scratch_gone;
 	char *scratch;
 	char *rootfs;
 	char *disk_tmp;
@@ -91,6 +95,8 @@ struct job {
 };
 
 static void pump(mbr_pull *p);
+static void inflight_del(mbr_pull *p, struct layer *l);
+static void remove_scratch(mbr_pull *p);
 static void fail(mbr_pull *p, const mb_err *err);
 
 /* ---- engine ----------------------------------------------------------------------------- */
@@ -220,6 +226,26 @@ static void job_release_done(void *arg)
 	unref(p);
 }
 
+static void remove_scratch(mbr_pull *p)
+{
+	if (!p->scratch || p->scratch_gone)
+		return;
+	p->scratch_gone = true;
+	p->rm_pending = false;
+	struct job *j = job_new(p);
+	if (j && (j->path = strdup(p->scratch))) {
+		mb_err err;
+		if (p->eng->io->work(p->eng->io->ud, rm_scratch_work, job_release_done, j, &err) <
+		    0) {
+			p->refs--;
+			job_free(j);
+		}
+	} else if (j) {
+		p->refs--;
+		job_free(j);
+	}
+}
+
 static void stop_everything(mbr_pull *p, bool drop_partials)
 {
 	if (p->req) {
@@ -236,37 +262,18 @@ static void stop_everything(mbr_pull *p, bool drop_partials)
 			p->eng->io->timer_stop(p->eng->io->ud, l->wait_timer);
 			l->wait_timer = NULL;
 		}
-		if (l->inflight_mine) {
-			/* strset has no delete: rebuild without this digest */
-			mbr_strset keep = { 0 };
-			for (size_t k = 0; k < p->eng->inflight.cap; k++) {
-				const char *s = p->eng->inflight.slots[k];
-				if (s && strcmp(s, l->d.digest))
-					mbr_strset_add(&keep, s);
-			}
-			mbr_strset_free(&p->eng->inflight);
-			p->eng->inflight = keep;
-			l->inflight_mine = false;
-		}
-		if (l->w && l->state != L_VERIFYING) { /* a verifying writer belongs to its job */
+		if (l->w_busy || l->state == L_VERIFYING)
+			continue; /* its job closes the writer and releases the digest */
+		inflight_del(p, l);
+		if (l->w) {
 			mbr_blobw_close(l->w, drop_partials);
 			l->w = NULL;
 		}
 	}
-	if (p->scratch) {
-		struct job *j = job_new(p);
-		if (j && (j->path = strdup(p->scratch))) {
-			mb_err err;
-			if (p->eng->io->work(p->eng->io->ud, rm_scratch_work, job_release_done, j,
-			                     &err) < 0) {
-				p->refs--;
-				job_free(j);
-			}
-		} else if (j) {
-			p->refs--;
-			job_free(j);
-		}
-	}
+	if (p->unpacking || p->mkfs_running)
+		p->rm_pending = true; /* a worker or mkfs still writes there */
+	else
+		remove_scratch(p);
 }
 
 static void fail(mbr_pull *p, const mb_err *err)
@@ -370,6 +377,9 @@ static void mkfs_done(const mb_run_result *res, void *arg)
 {
 	struct job *j = arg;
 	mbr_pull *p = j->p;
+	p->mkfs_running = false;
+	if (p->finished && p->rm_pending)
+		remove_scratch(p);
 	if (!p->finished) {
 		if (res->wstatus != 0) {
 			mb_err err;
@@ -430,7 +440,9 @@ static void start_mkfs(mbr_pull *p)
 		p->refs--;
 		job_free(j);
 		fail(p, &err);
+		return;
 	}
+	p->mkfs_running = true;
 }
 
 /* ---- layers: unpack ---------------------------------------------------------------------------
@@ -446,7 +458,11 @@ static void unpack_done(void *arg)
 {
 	struct job *j = arg;
 	mbr_pull *p = j->p;
-	if (!p->finished) {
+	if (p->finished) {
+		p->unpacking = false;
+		if (p->rm_pending)
+			remove_scratch(p);
+	} else {
 		p->unpacking = false;
 		if (j->rc < 0) {
 			mb_err err;
@@ -555,7 +571,12 @@ static void prepare_done(void *arg)
 	struct job *j = arg;
 	mbr_pull *p = j->p;
 	struct layer *l = &p->layers[j->layer];
-	if (!p->finished) {
+	l->w_busy = false;
+	if (p->finished) { /* stopped meanwhile: keep the partial file for a later resume */
+		mbr_blobw_close(l->w, false);
+		l->w = NULL;
+		inflight_del(p, l);
+	} else {
 		if (j->rc < 0) {
 			fail(p, &j->err);
 		} else {
@@ -641,6 +662,7 @@ static void start_download(mbr_pull *p, size_t i)
 	if (j) {
 		j->layer = i;
 		j->w = l->w;
+		l->w_busy = true;
 	}
 	queue(p, j, prepare_work, prepare_done);
 }

@@ -1,7 +1,7 @@
 -- REST v1: images and registry credentials (draft, written against the core's route API
 -- described in the registry brief; see plugins/registry/README.md for the Lua module).
 --
---   POST   /v1/images/pull             {"reference", "auth"?, "platform"?, "insecure"?}
+--   POST   /v1/images/pull             {"reference", "auth"?, "platform"?}
 --                                      -> application/x-ndjson progress lines, then the image
 --                                         record or an error line (?stream=0: one JSON answer)
 --   GET    /v1/images                  -> [record...]
@@ -66,7 +66,8 @@ api.route("POST", "/v1/images/pull", function(req)
 	if not parsed then
 		api.error(400, "invalid", "reference: " .. perr)
 	end
-	local opts = { auth = auth_of(req, body), platform = body.platform, insecure = body.insecure == true }
+	-- plain HTTP is the operator's decision (registry.configure{insecure=...}), not the client's
+	local opts = { auth = auth_of(req, body), platform = body.platform }
 
 	if req.query.stream == "0" or req.query.stream == "false" then
 		local img, msg, code = registry.pull(body.reference, opts)
@@ -142,7 +143,7 @@ api.route("POST", "/v1/registries/login", function(req)
 		end
 	end
 	local ok, msg, code = registry.login(body.registry, body.username, body.password,
-		{ verify = body.verify ~= false, insecure = body.insecure == true })
+		{ verify = body.verify ~= false })
 	if not ok then
 		fail(msg, code)
 	end

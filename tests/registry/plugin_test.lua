@@ -103,6 +103,13 @@ end
 check("no password in any event", not leaked and #events("registry.login") == 1)
 check("no password in any record", not has_secret(registry.list()) and not has_secret(registry.logins()))
 check("logout", registry.logout(BASIC) == true and #registry.logins() == 0)
+r, msg, code = registry.login(TOKEN, "testuser", "bad")
+check("login to a token registry with a wrong password: unauthorized", r == nil and code == "unauthorized", msg)
+r, msg, code = registry.login(TOKEN, "testuser", "testpass")
+check("login to a token registry", r == true, msg)
+r, msg, code = registry.pull(TOKEN .. "/private/busybox")
+check("private pull with the stored token-registry login", r and r.id, msg)
+registry.logout(TOKEN)
 
 -- use / remove / release / gc
 local id = registry.use(REG .. "/test/busybox", "container-1")

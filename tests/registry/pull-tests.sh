@@ -114,6 +114,33 @@ check "token: private repo with credentials" expect_ok --user testuser --passwor
 	"$REG_token/private/busybox"
 check "token: unknown image is not_found" expect_code not_found "manifest unknown" "$REG_token/test/nope"
 
+# redirects (as to blob storage) and transient 503s before them
+rport=$(free_port)
+"$FIXTURE_PY" "$here/redirect-server.py" --addr "127.0.0.1:$rport" --target "$REG_plain" \
+	--fail-first 2 2>"$FIXTURE_DIR/redirect.log" &
+echo $! >>"$FIXTURE_DIR/pids"
+for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$rport/" && break; sleep 0.1; done
+check "503s are retried, then redirects are followed" \
+	bash -c "'$MBR_PULL' --state '$FIXTURE_DIR/state-redirect' '127.0.0.1:$rport/test/busybox' | jq -e '.ok'"
+check "the front really answered 503 and 307" \
+	bash -c "grep -q '\" 503 ' '$FIXTURE_DIR/redirect.log' && grep -q '\" 307 ' '$FIXTURE_DIR/redirect.log'"
+
+# resuming: a partial download left by an earlier run continues with Range
+rstate="$FIXTURE_DIR/state-resume"
+mkdir -p "$rstate/images/tmp"
+layer=$(curl -s -H "Accept: application/vnd.docker.distribution.manifest.v2+json" \
+	"http://$REG_plain/v2/test/busybox/manifests/latest" | jq -r '.layers[0].digest')
+curl -s -o "$rstate/images/tmp/${layer#sha256:}.partial" "http://$REG_plain/v2/test/busybox/blobs/$layer"
+truncate -s 300000 "$rstate/images/tmp/${layer#sha256:}.partial"
+check "a partial blob is resumed (Range) and verified" \
+	bash -c "'$MBR_PULL' --state '$rstate' '$REG_plain/test/busybox' | jq -e '.ok'"
+rstate2="$FIXTURE_DIR/state-resume-bad"
+mkdir -p "$rstate2/images/tmp"
+head -c 300000 /dev/zero >"$rstate2/images/tmp/${layer#sha256:}.partial"
+check "a partial blob with wrong bytes fails verification and is dropped" \
+	expect_code corrupt "digest mismatch" --state "$rstate2" "$REG_plain/test/busybox"
+check "... and the next pull starts over and succeeds" expect_ok --state "$rstate2" "$REG_plain/test/busybox"
+
 # archives made by skopeo: docker save format (legacy layout, symlinks) and OCI archive.
 # (skopeo cannot write zstd layers into a docker archive, so that one holds busybox.)
 skopeo copy -q --src-tls-verify=false "docker://$REG_plain/test/busybox:latest" \
