@@ -28,7 +28,9 @@ struct layer {
 	mbr_req *req;
 	void *wait_timer;
 	bool inflight_mine;
-	bool w_busy; /* the writer is in use by a worker job (prepare/verify) */
+	bool w_busy;          /* the writer is in use by a worker job (prepare/verify) */
+	struct job *req_ctx;  /* holds a ref on the pull while req runs */
+	struct job *wait_ctx; /* same for wait_timer */
 };
 
 struct mbr_pull {
@@ -176,6 +178,8 @@ static void set_status(mbr_pull *p, const char *s)
 	notify(p, true);
 }
 
+/* A job context holding a reference on p; caller frees with job_free and drops the
+ * reference with unref (or refs--) when done. */
 static struct job *job_new(mbr_pull *p)
 {
 	struct job *j = calloc(1, sizeof(*j));
@@ -186,6 +190,7 @@ static struct job *job_new(mbr_pull *p)
 	return j;
 }
 
+/* Frees j and the strings it owns (path, path2, data); not the pull reference. */
 static void job_free(struct job *j)
 {
 	free(j->path);
@@ -261,6 +266,18 @@ static void stop_everything(mbr_pull *p, bool drop_partials)
 		if (l->wait_timer) {
 			p->eng->io->timer_stop(p->eng->io->ud, l->wait_timer);
 			l->wait_timer = NULL;
+		}
+		/* their callbacks will not run: drop the references they held (the caller
+		 * still holds one, so the pull stays alive) */
+		if (l->req_ctx) {
+			job_free(l->req_ctx);
+			l->req_ctx = NULL;
+			p->refs--;
+		}
+		if (l->wait_ctx) {
+			job_free(l->wait_ctx);
+			l->wait_ctx = NULL;
+			p->refs--;
 		}
 		if (l->w_busy || l->state == L_VERIFYING)
 			continue; /* its job closes the writer and releases the digest */
@@ -537,6 +554,7 @@ static void blob_done(mbr_req *r, const mb_err *e, void *arg)
 	struct layer *l = &p->layers[ctx->layer];
 	size_t idx = ctx->layer;
 	l->req = NULL;
+	l->req_ctx = NULL;
 	mbr_req_free(r);
 	job_free(ctx);
 	if (e) {
@@ -603,6 +621,8 @@ static void prepare_done(void *arg)
 					job_free(ctx);
 					p->refs--;
 					fail(p, &err);
+				} else {
+					l->req_ctx = ctx;
 				}
 			}
 		}
@@ -616,6 +636,7 @@ static void wait_timer_fn(void *arg)
 	struct job *ctx = arg;
 	mbr_pull *p = ctx->p;
 	p->layers[ctx->layer].wait_timer = NULL;
+	p->layers[ctx->layer].wait_ctx = NULL;
 	job_free(ctx);
 	if (!p->finished)
 		pump(p);
@@ -644,6 +665,7 @@ static void start_download(mbr_pull *p, size_t i)
 			if (!ctx)
 				return;
 			ctx->layer = i;
+			l->wait_ctx = ctx;
 			l->wait_timer =
 			    p->eng->io->timer_start(p->eng->io->ud, 200, wait_timer_fn, ctx);
 		}

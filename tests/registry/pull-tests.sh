@@ -141,6 +141,17 @@ check "a partial blob with wrong bytes fails verification and is dropped" \
 	expect_code corrupt "digest mismatch" --state "$rstate2" "$REG_plain/test/busybox"
 check "... and the next pull starts over and succeeds" expect_ok --state "$rstate2" "$REG_plain/test/busybox"
 
+# cancelling running pulls at various points: nothing but resumable partials stays behind
+cstate="$FIXTURE_DIR/state-cancel"
+cancel_ok=1
+for ms in 0 10 30 80; do
+	"$MBR_PULL" --state "$cstate" --cancel-after "$ms" "$REG_plain/test/multi" \
+		"$REG_plain/test/busybox-oci" >/dev/null 2>"$FIXTURE_DIR/cancel.err" || cancel_ok=0
+	if ls "$cstate/images/tmp" | grep -qv '\.partial$'; then cancel_ok=0; fi
+done
+check "cancelled pulls leave only resumable partial files" test "$cancel_ok" = 1
+check "... and a later pull completes" expect_ok --state "$cstate" "$REG_plain/test/multi"
+
 # archives made by skopeo: docker save format (legacy layout, symlinks) and OCI archive.
 # (skopeo cannot write zstd layers into a docker archive, so that one holds busybox.)
 skopeo copy -q --src-tls-verify=false "docker://$REG_plain/test/busybox:latest" \

@@ -2,7 +2,7 @@
  * mbr-pull: the registry engine on a private loop, for integration tests and benchmarks.
  *
  *   mbr-pull --state DIR [--user U --password P] [--insecure] [--platform P]
- *            [--parallel N] [--progress] REF...
+ *            [--parallel N] [--progress] [--cancel-after MS] REF...
  *   mbr-pull --state DIR --load ARCHIVE
  *
  * Prints one JSON object per line: {"ok":true,"reference","id","disk","layers","cached",...}
@@ -20,6 +20,27 @@
 static volatile bool stop;
 static int failures;
 static bool show_progress;
+static mbr_pull *active[64];
+static int nactive;
+
+static void forget(mbr_pull *p)
+{
+	for (int i = 0; i < nactive; i++)
+		if (active[i] == p)
+			active[i] = active[--nactive];
+}
+
+/* --cancel-after: free every running job (the cancel path, for sanitizer runs) */
+static void cancel_all(void *arg)
+{
+	while (nactive > 0) {
+		mbr_pull *p = active[--nactive];
+		printf("{\"ok\":false,\"code\":\"cancelled\",\"reference\":\"%s\"}\n",
+		       mbr_pull_reference(p));
+		mbr_pull_free(p);
+	}
+	fflush(stdout);
+}
 
 static void print_err(const char *what, const mb_err *err)
 {
@@ -62,6 +83,7 @@ static void on_done(mbr_pull *p, const struct mbr_pull_result *res, const mb_err
 		json_decref(j);
 		fflush(stdout);
 	}
+	forget(p);
 	mbr_pull_free(p);
 }
 
@@ -70,10 +92,13 @@ int main(int argc, char **argv)
 	const char *state = NULL, *user = NULL, *pass = NULL, *platform = NULL, *load = NULL;
 	bool insecure = false;
 	int parallel = 3;
+	int cancel_after = -1;
 	static const struct option lo[] = {
-		{ "state", 1, 0, 's' },    { "user", 1, 0, 'u' },     { "password", 1, 0, 'p' },
-		{ "insecure", 0, 0, 'i' }, { "platform", 1, 0, 'P' }, { "parallel", 1, 0, 'j' },
-		{ "load", 1, 0, 'l' },     { "progress", 0, 0, 'v' }, { 0, 0, 0, 0 }
+		{ "state", 1, 0, 's' },        { "user", 1, 0, 'u' },
+		{ "password", 1, 0, 'p' },     { "insecure", 0, 0, 'i' },
+		{ "platform", 1, 0, 'P' },     { "parallel", 1, 0, 'j' },
+		{ "load", 1, 0, 'l' },         { "progress", 0, 0, 'v' },
+		{ "cancel-after", 1, 0, 'c' }, { 0, 0, 0, 0 }
 	};
 	int c;
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -101,6 +126,9 @@ int main(int argc, char **argv)
 			break;
 		case 'v':
 			show_progress = true;
+			break;
+		case 'c':
+			cancel_after = atoi(optarg);
 			break;
 		default:
 			return 2;
@@ -152,7 +180,12 @@ int main(int argc, char **argv)
 			mbr_pull *p = mbr_pull_start(e, &o, on_progress, on_done, argv[i], &err);
 			if (!p)
 				print_err(argv[i], &err);
+			else if (nactive < 64)
+				active[nactive++] = p;
 		}
+		if (cancel_after >= 0)
+			tl_io(l)->timer_start(tl_io(l)->ud, (uint64_t)cancel_after, cancel_all,
+			                      NULL);
 		tl_run(l, &stop);
 	}
 	mbr_engine_free(e);
