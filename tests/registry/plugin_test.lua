@@ -110,6 +110,11 @@ check("login to a token registry", r == true, msg)
 r, msg, code = registry.pull(TOKEN .. "/private/busybox")
 check("private pull with the stored token-registry login", r and r.id, msg)
 registry.logout(TOKEN)
+local alias = os.getenv("REG_basic_alias")
+if alias then
+	r, msg, code = registry.pull(alias .. "/test/busybox")
+	check("credentials from ~/.docker/config.json", r and r.id, msg)
+end
 
 -- use / remove / release / gc
 local id = registry.use(REG .. "/test/busybox", "container-1")

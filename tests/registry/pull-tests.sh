@@ -184,7 +184,14 @@ fi
 if [ -n "${MBR_FAKEHOST:-}" ] && [ -n "${MBR_PLUGIN:-}" ]; then
 	pstate="$FIXTURE_DIR/plugin-state"
 	mkdir -p "$pstate"
-	if REG_plain=$REG_plain REG_basic=$REG_basic REG_token=$REG_token MBR_STATE=$pstate \
+	# a ~/.docker/config.json naming the basic registry as localhost:PORT (an alias, so
+	# that the 127.0.0.1:PORT tests still run without credentials)
+	mkdir -p "$FIXTURE_DIR/home/.docker"
+	alias_basic="localhost:${REG_basic##*:}"
+	printf '{"auths":{"%s":{"auth":"%s"}}}\n' "$alias_basic" "$(printf testuser:testpass | base64 -w0)" \
+		>"$FIXTURE_DIR/home/.docker/config.json"
+	if HOME="$FIXTURE_DIR/home" REG_plain=$REG_plain REG_basic=$REG_basic REG_token=$REG_token \
+		REG_basic_alias=$alias_basic MBR_STATE=$pstate \
 		"$MBR_FAKEHOST" "$MBR_PLUGIN" "$pstate" "$here/plugin_test.lua" >"$FIXTURE_DIR/plugin.out" 2>&1; then
 		pass=$((pass + 1))
 		echo "ok   - plugin Lua module (fakehost): $(tail -1 "$FIXTURE_DIR/plugin.out")"
