@@ -362,11 +362,13 @@ static int l_progress(lua_State *L)
 	const char *ref = luaL_checkstring(L, 1);
 	struct mbr_ref r;
 	char key[600];
-	if (mbr_ref_parse(ref, &r, NULL) < 0)
-		return 0;
+	if (mbr_ref_parse(ref, &r, NULL) < 0) {
+		lua_pushnil(L);
+		return 1;
+	}
 	mbr_ref_string(&r, key, sizeof(key));
 	for (struct rp_pull *x = rp.pulls; x; x = x->next)
-		if (!strncmp(x->ref, key, strlen(key))) {
+		if (x->p && !strncmp(x->ref, key, strlen(key))) {
 			json_t *j = mbr_pull_progress_json(x->p);
 			push_json(L, j);
 			json_decref(j);

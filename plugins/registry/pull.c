@@ -37,7 +37,9 @@ struct mbr_pull {
 	mbr_engine *eng;
 	int refs;
 	bool finished;
-	bool build; /* local build: everything is in the store */
+	bool build;    /* local build: everything is in the store */
+	bool starting; /* inside mbr_pull_start/mbr_build_start: failures are returned */
+	mb_err start_err;
 
 	struct mbr_ref ref;
 	char refstr[600];
@@ -303,7 +305,10 @@ static void fail(mbr_pull *p, const mb_err *err)
 	stop_everything(p, err->code == MBR_E_CORRUPT);
 	p->status = "failed";
 	p->finished = true;
-	p->done(p, NULL, &e2, p->arg);
+	if (p->starting) /* reported by the start function, not through done */
+		p->start_err = e2;
+	else
+		p->done(p, NULL, &e2, p->arg);
 }
 
 static void inflight_del(mbr_pull *p, struct layer *l)
@@ -1081,9 +1086,12 @@ mbr_pull *mbr_pull_start(mbr_engine *e, const struct mbr_pull_opts *o, mbr_pull_
 	}
 	if (ref.digest[0])
 		snprintf(p->expect_digest, sizeof(p->expect_digest), "%.71s", ref.digest);
+	p->starting = true;
 	fetch_manifest(p, ref.digest[0] ? ref.digest : ref.tag);
+	p->starting = false;
 	if (p->finished) { /* could not even start: report synchronously */
-		mb_err_set(err, -EIO, "could not start the pull");
+		if (err)
+			*err = p->start_err;
 		unref(p);
 		return NULL;
 	}
@@ -1121,9 +1129,12 @@ mbr_pull *mbr_build_start(mbr_engine *e, const char *manifest, size_t len,
 		return NULL;
 	}
 	snprintf(p->media_type, sizeof(p->media_type), "%s", p->m.media_type);
+	p->starting = true;
 	fetch_config(p);
+	p->starting = false;
 	if (p->finished) {
-		mb_err_set(err, -EIO, "could not start the build");
+		if (err)
+			*err = p->start_err;
 		unref(p);
 		return NULL;
 	}
