@@ -267,6 +267,12 @@ static void reg_fini(mb_plugin *self)
 {
 	rp.shutting_down = true;
 	rp_lua_shutdown(); /* cancels pulls and loads */
+	if (rp.eng && rp.eng->active > 0) {
+		/* worker jobs of cancelled pulls still point into the engine: leave it (and rp)
+		 * alone rather than free memory a worker may touch; the process is exiting */
+		rp_log(MB_LOG_WARN, "registry: %d jobs still running at shutdown", rp.eng->active);
+		return;
+	}
 	mbr_engine_free(rp.eng);
 	json_decref(rp.auths);
 	if (rp.docker_config) {
