@@ -128,6 +128,49 @@ static void null_and_array_markers(void **state)
 	lua_pop(L, 1);
 }
 
+static void encode_lua(lua_State *L, const char *expr, size_t flags, const char *want)
+{
+	mb_err err = { 0 };
+	char code[256];
+	snprintf(code, sizeof(code), "return %s", expr);
+	assert_int_equal(luaL_dostring(L, code), 0);
+	char *s = json_encode_lua(L, -1, flags, NULL, &err);
+	assert_non_null(s);
+	assert_string_equal(s, want);
+	free(s);
+	lua_pop(L, 1);
+}
+
+static void direct_encoder_details(void **state)
+{
+	lua_State *L = *state;
+	encode_lua(L, "0.1", 0, "0.1"); /* shortest round-trip form */
+	encode_lua(L, "1/3", 0, "0.3333333333333333");
+	encode_lua(L, "2.0", 0, "2.0"); /* reals stay reals */
+	encode_lua(L, "-0.0", 0, "-0.0");
+	encode_lua(L, "1e300", 0, "1e+300");
+	encode_lua(L, "math.mininteger", 0, "-9223372036854775808");
+	encode_lua(L, "'a\\\"b\\\\c\\n\\t\\1\\127/'", 0, "\"a\\\"b\\\\c\\n\\t\\u0001\x7f/\"");
+	encode_lua(L, "{b=1, a={2, 1}, [3]='x'}", JSON_SORT_KEYS,
+	           "{\"3\":\"x\",\"a\":[2,1],\"b\":1}");
+	encode_lua(L, "{{}, {n={}}}", 0, "[{},{\"n\":{}}]");
+	encode_lua(L, "{1, 2, x=3}", JSON_SORT_KEYS,
+	           "{\"1\":1,\"2\":2,\"x\":3}"); /* mixed: object */
+	/* the direct writer and jansson agree on a realistic document */
+	assert_int_equal(luaL_dostring(L, "return {name='é', list={1, 2.5, false, true}, "
+	                                  "nested={deep={deeper={}}}, z=json_null}"),
+	                 0);
+	mb_err err = { 0 };
+	char *direct = json_encode_lua(L, -1, JSON_SORT_KEYS, NULL, &err);
+	json_t *j = json_from_lua(L, -1, &err);
+	char *viajansson = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
+	assert_string_equal(direct, viajansson);
+	free(direct);
+	free(viajansson);
+	json_decref(j);
+	lua_pop(L, 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -136,6 +179,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(rejects_bad_values, setup, teardown),
 		cmocka_unit_test_setup_teardown(rejects_bad_json, setup, teardown),
 		cmocka_unit_test_setup_teardown(null_and_array_markers, setup, teardown),
+		cmocka_unit_test_setup_teardown(direct_encoder_details, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
