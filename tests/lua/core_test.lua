@@ -308,6 +308,60 @@ function T.test_streaming_response()
   eq(s.body, 'event: greeting\nid: 7\ndata: {"text":"line1\\nline2"}\n\ndata: a\ndata: b\n\n')
 end
 
+function T.test_streaming_client()
+  api.route("GET", "/v1/coretest/slowstream", function(req)
+    local s = req:stream(200, { ["Content-Type"] = "text/plain", ["X-Kind"] = "slow" })
+    for i = 1, 4 do s:write(string.rep(tostring(i), 1000)); timer.sleep(0.02) end
+    s:close()
+  end)
+  api.route("GET", "/v1/coretest/big", function(req)
+    local s = req:stream(200)
+    local chunk = string.rep("x", 65536)
+    for _ = 1, 64 do if not s:write(chunk) then break end end -- 4 MiB
+    s:close()
+  end)
+  api.route("PUT", "/v1/coretest/upload", function(req)
+    return { size = req.body_size, sha = moonbox.sha256(fs.read(req.body_path, 1 << 30)) }
+  end, { body = "file" })
+  local r = http.stream { url = "http://moonbox/v1/coretest/slowstream", unix_socket = SOCK }
+  eq(r.status, 200); eq(r.headers["x-kind"], "slow")
+  local got = {}
+  while true do
+    local chunk, err = r:read(5)
+    if not chunk then eq(err, nil); break end
+    got[#got + 1] = chunk
+  end
+  eq(table.concat(got), string.rep("1", 1000) .. string.rep("2", 1000) .. string.rep("3", 1000) .. string.rep("4", 1000))
+  -- a slow reader: the transfer pauses instead of buffering everything
+  local b = http.stream { url = "http://moonbox/v1/coretest/big", unix_socket = SOCK }
+  local total = 0
+  timer.sleep(0.2)
+  while true do
+    local chunk = b:read(5)
+    if not chunk then break end
+    ok(#chunk <= 2 * 1024 * 1024, "never more than about the pause threshold buffered")
+    total = total + #chunk
+  end
+  eq(total, 4 * 1024 * 1024)
+  -- close early, and a read timeout
+  local c = http.stream { url = "http://moonbox/v1/coretest/slowstream", unix_socket = SOCK }
+  c:read(5)
+  local none, _, code = c:read(0)
+  eq(none, nil); eq(code, "timeout")
+  c:close()
+  local r2, _, code2 = c:read()
+  eq(r2, nil); eq(code2, "closed")
+  -- failures before the headers are operational errors
+  local bad, _, bcode = http.stream { url = "http://127.0.0.1:1/", timeout = 2 }
+  eq(bad, nil); eq(bcode, "unreachable")
+  -- uploads from a file
+  fs.write(TEST_DIR .. "/up.bin", string.rep("ab", 100000))
+  local up = http.request { method = "PUT", url = "http://moonbox/v1/coretest/upload", unix_socket = SOCK,
+                            body_file = TEST_DIR .. "/up.bin" }
+  eq(up.status, 200)
+  eq(json.decode(up.body), { size = 200000, sha = moonbox.sha256(string.rep("ab", 100000)) })
+end
+
 function T.test_handler_errors_become_json()
   api.route("GET", "/v1/coretest/crash", function() local x = nil; return x.y end)
   api.route("GET", "/v1/coretest/gone", function() api.fail("no such widget", "not_found") end)
