@@ -86,6 +86,7 @@ static const struct {
 	{ "http", luaopen_mb_http },       { "proc", luaopen_mb_proc },
 	{ "fs", luaopen_mb_fs },           { "log", luaopen_mb_log },
 	{ "moonbox", luaopen_mb_moonbox }, { "plugins", luaopen_mb_plugins },
+	{ "ws", luaopen_mb_ws },
 };
 
 void bindings_open(lua_State *L)

@@ -40,5 +40,11 @@ int luaopen_mb_fs(lua_State *L);
 int luaopen_mb_log(lua_State *L);
 int luaopen_mb_moonbox(lua_State *L);
 int luaopen_mb_plugins(lua_State *L);
+int luaopen_mb_ws(lua_State *L);
+int luaopen_mb_term(lua_State *L);
+
+/* [-0, +1] A Lua WebSocket object owning ws (l_ws.c). */
+struct ws;
+void ws_push(lua_State *L, struct ws *ws);
 
 #endif

@@ -44,7 +44,6 @@
 
 #define REQ_MT    "moonbox.request"
 #define STREAM_MT "moonbox.stream"
-#define WS_MT     "moonbox.websocket"
 #define ERR_MT    "moonbox.api.error"
 
 bool http_serve_static(struct hreq *r);
@@ -694,35 +693,6 @@ static int stream_is_closed(lua_State *L)
 
 /* --- websockets --- */
 
-struct lws {
-	struct ws *ws;
-	mb_wait *rwait, *swait;
-	mb_timer *rtimer;
-	bool timed_out;
-};
-
-static void lws_wake(mb_wait **wp, int n, bool ok)
-{
-	mb_wait *w = *wp;
-	if (!w)
-		return;
-	*wp = NULL;
-	(void)ok;
-	rt_wait_done(w, n);
-}
-
-static void lws_notify(void *ud, int events)
-{
-	struct lws *l = ud;
-	if ((events & (WS_EV_MESSAGE | WS_EV_CLOSED)) && l->rwait) {
-		loop_timer_stop(l->rtimer);
-		l->rtimer = NULL;
-		lws_wake(&l->rwait, 0, true);
-	}
-	if ((events & (WS_EV_WRITABLE | WS_EV_CLOSED)) && l->swait)
-		lws_wake(&l->swait, 0, true);
-}
-
 static void upgrade_cancel(void *ud)
 {
 	struct hreq *r = ud;
@@ -737,12 +707,7 @@ void api_upgraded(struct hreq *r, struct ws *ws)
 		return;
 	}
 	r->upgrade_wait = NULL;
-	lua_State *T = rt_wait_thread(w);
-	struct lws *l = lua_newuserdatauv(T, sizeof(*l), 0);
-	memset(l, 0, sizeof(*l));
-	l->ws = ws;
-	luaL_setmetatable(T, WS_MT);
-	ws_set_owner(ws, lws_notify, l);
+	ws_push(rt_wait_thread(w), ws);
 	rt_wait_done(w, 1);
 }
 
@@ -810,157 +775,6 @@ static int req_websocket(lua_State *L)
 	r->upgrade_wait = rt_wait_begin(L, upgrade_cancel, r);
 	hreq_upgrade_begin(r);
 	return rt_wait_yield(L, r->upgrade_wait, NULL, 0);
-}
-
-static struct lws *check_ws(lua_State *L)
-{
-	return luaL_checkudata(L, 1, WS_MT);
-}
-
-static void rwait_cancel(void *ud)
-{
-	struct lws *l = ud;
-	l->rwait = NULL;
-	loop_timer_stop(l->rtimer);
-	l->rtimer = NULL;
-}
-
-static void rwait_timeout(void *ud)
-{
-	struct lws *l = ud;
-	l->rtimer = NULL;
-	l->timed_out = true;
-	lws_wake(&l->rwait, 0, false);
-}
-
-static int ws_recv_k(lua_State *L, int status, lua_KContext ctx);
-
-static int ws_recv_try(lua_State *L, struct lws *l, double timeout)
-{
-	if (!l->ws)
-		return lua_failf(L, -EPIPE, "closed");
-	int opcode;
-	char *data;
-	size_t len;
-	int r = ws_recv(l->ws, &opcode, &data, &len);
-	if (r == 1) {
-		lua_pushlstring(L, data, len);
-		free(data);
-		lua_pushstring(L, opcode == WS_TEXT ? "text" : "binary");
-		return 2;
-	}
-	if (r < 0)
-		return lua_failf(L, -EPIPE, "closed");
-	if (l->timed_out || timeout == 0) {
-		l->timed_out = false;
-		return lua_failf(L, -ETIMEDOUT, "timeout");
-	}
-	l->rwait = rt_wait_begin(L, rwait_cancel, l);
-	if (timeout > 0)
-		l->rtimer = loop_timer((uint64_t)(timeout * 1000), rwait_timeout, l);
-	return rt_wait_yield(L, l->rwait, ws_recv_k, 0);
-}
-
-static int ws_recv_k(lua_State *L, int status, lua_KContext ctx)
-{
-	struct lws *l = check_ws(L);
-	lua_settop(L, 2);
-	return ws_recv_try(L, l, luaL_optnumber(L, 2, -1));
-}
-
-static int lws_recv(lua_State *L)
-{
-	struct lws *l = check_ws(L);
-	double timeout = luaL_optnumber(L, 2, -1);
-	lua_settop(L, 2);
-	if (l->rwait)
-		return luaL_error(L, "ws:recv(): another task is already receiving");
-	l->timed_out = false;
-	return ws_recv_try(L, l, timeout);
-}
-
-static void swait_cancel(void *ud)
-{
-	struct lws *l = ud;
-	l->swait = NULL;
-}
-
-static int ws_send_k(lua_State *L, int status, lua_KContext ctx)
-{
-	struct lws *l = check_ws(L);
-	if (!l->ws || ws_is_closed(l->ws))
-		return lua_failf(L, -EPIPE, "closed");
-	if (ws_pending(l->ws) > STREAM_LOW_WATER) {
-		l->swait = rt_wait_begin(L, swait_cancel, l);
-		return rt_wait_yield(L, l->swait, ws_send_k, 0);
-	}
-	lua_pushboolean(L, 1);
-	return 1;
-}
-
-static int lws_send(lua_State *L)
-{
-	struct lws *l = check_ws(L);
-	size_t len;
-	const char *data = luaL_checklstring(L, 2, &len);
-	const char *kind = luaL_optstring(L, 3, "text");
-	int opcode = strcmp(kind, "binary") == 0 ? WS_BINARY : WS_TEXT;
-	if (opcode == WS_TEXT && !ws_utf8_valid(data, len))
-		return luaL_argerror(L, 2, "text messages must be valid UTF-8 (send \"binary\")");
-	if (!l->ws)
-		return lua_failf(L, -EPIPE, "closed");
-	long queued = ws_send(l->ws, opcode, data, len);
-	if (queued < 0)
-		return lua_failf(L, -EPIPE, "closed");
-	if ((size_t)queued > STREAM_HIGH_WATER) {
-		if (l->swait)
-			return luaL_error(L, "ws:send(): another task is already sending");
-		lua_settop(L, 1);
-		l->swait = rt_wait_begin(L, swait_cancel, l);
-		return rt_wait_yield(L, l->swait, ws_send_k, 0);
-	}
-	lua_pushboolean(L, 1);
-	return 1;
-}
-
-static int lws_close(lua_State *L)
-{
-	struct lws *l = check_ws(L);
-	int code = (int)luaL_optinteger(L, 2, 1000);
-	const char *reason = luaL_optstring(L, 3, NULL);
-	if (!ws_close_code_valid(code))
-		return luaL_argerror(L, 2, "invalid close code");
-	if (l->ws)
-		ws_close(l->ws, code, reason);
-	return 0;
-}
-
-static int lws_is_closed(lua_State *L)
-{
-	struct lws *l = check_ws(L);
-	lua_pushboolean(L, !l->ws || ws_is_closed(l->ws));
-	return 1;
-}
-
-static int lws_close_code(lua_State *L)
-{
-	struct lws *l = check_ws(L);
-	int c = l->ws ? ws_peer_close_code(l->ws) : 0;
-	if (!c)
-		return 0;
-	lua_pushinteger(L, c);
-	return 1;
-}
-
-static int lws_gc(lua_State *L)
-{
-	struct lws *l = check_ws(L);
-	loop_timer_stop(l->rtimer);
-	l->rtimer = NULL;
-	if (l->ws)
-		ws_free(l->ws);
-	l->ws = NULL;
-	return 0;
 }
 
 /* --- dispatch --- */
@@ -1196,15 +1010,6 @@ static int stream_gc(lua_State *L)
 	return 0;
 }
 
-static const luaL_Reg ws_methods[] = {
-	{ "recv", lws_recv },
-	{ "send", lws_send },
-	{ "close", lws_close },
-	{ "is_closed", lws_is_closed },
-	{ "close_code", lws_close_code },
-	{ NULL, NULL },
-};
-
 static const luaL_Reg funcs[] = {
 	{ "route", l_route }, { "routes", l_routes }, { "error", l_error },
 	{ "fail", l_fail },   { "check", l_check },   { "status_for", l_status_for },
@@ -1236,7 +1041,6 @@ int luaopen_mb_api(lua_State *L)
 	lua_setfield(L, -2, "methods");
 	lua_pop(L, 1);
 	new_class(L, STREAM_MT, stream_methods, stream_gc);
-	new_class(L, WS_MT, ws_methods, lws_gc);
 	luaL_newmetatable(L, ERR_MT);
 	lua_pushcfunction(L, err_tostring);
 	lua_setfield(L, -2, "__tostring");

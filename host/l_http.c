@@ -22,7 +22,7 @@
 #include "loop.h"
 #include "task.h"
 
-#define RESP_MT "moonbox.http.response"
+#define RESP_MT         "moonbox.http.response"
 #define STREAM_PAUSE_AT (1u << 20)
 
 struct hcall {
@@ -89,7 +89,8 @@ static void push_headers(lua_State *T, struct hcall *c)
 	lua_newtable(T);
 	char *save = NULL;
 	char *copy = xstrndup(c->headers.data ? c->headers.data : "", c->headers.len);
-	for (char *line = strtok_r(copy, "\r\n", &save); line; line = strtok_r(NULL, "\r\n", &save)) {
+	for (char *line = strtok_r(copy, "\r\n", &save); line;
+	     line = strtok_r(NULL, "\r\n", &save)) {
 		char *colon = strchr(line, ':');
 		if (!colon)
 			continue;
@@ -330,8 +331,8 @@ static struct hcall *prepare(lua_State *L, bool streaming)
 		lua_pushnil(L);
 		while (lua_next(L, -2)) {
 			if (lua_type(L, -2) == LUA_TSTRING && lua_isstring(L, -1)) {
-				char *h = xasprintf("%s: %s", lua_tostring(L, -2),
-						    lua_tostring(L, -1));
+				char *h =
+				    xasprintf("%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
 				c->hdrs = curl_slist_append(c->hdrs, h);
 				free(h);
 			}
@@ -524,7 +525,7 @@ static const luaL_Reg resp_methods[] = {
 
 static const luaL_Reg funcs[] = {
 	{ "request", l_request }, { "stream", l_stream }, { "get", l_get },
-	{ "post", l_post },	  { NULL, NULL },
+	{ "post", l_post },       { NULL, NULL },
 };
 
 int luaopen_mb_http(lua_State *L)

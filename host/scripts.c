@@ -173,8 +173,10 @@ static int run_file(lua_State *L, const char *rel, const char *full, int nresult
 static int searcher(lua_State *L)
 {
 	const char *name = luaL_checkstring(L, 1);
-	char *rel = xasprintf("lib/%s.lua", name);
-	for (char *p = rel + 4; *p; p++)
+	/* "a.b" -> lib/a/b.lua; the client's own modules "cli.x" -> cli/x.lua */
+	char *rel = strncmp(name, "cli.", 4) == 0 ? xasprintf("%s.lua", name)
+	                                          : xasprintf("lib/%s.lua", name);
+	for (char *p = rel; *p; p++)
 		if (*p == '.' && strcmp(p, ".lua") != 0)
 			*p = '/';
 	for (int i = 0; i < S.ndirs; i++) {

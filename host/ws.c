@@ -6,6 +6,7 @@
 #include <openssl/sha.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 
 #include "http.h"
@@ -26,7 +27,8 @@ enum wstate { WS_OPEN, WS_CLOSE_SENT, WS_CLOSING, WS_DONE };
 
 struct ws {
 	int fd;
-	struct MHD_UpgradeResponseHandle *urh;
+	bool client; /* we are the client: mask what we send, expect unmasked frames */
+	struct MHD_UpgradeResponseHandle *urh; /* server side: close through MHD */
 	mb_watch *w;
 	enum wstate state;
 	bool peer_closed;
@@ -211,6 +213,9 @@ static void shut(struct ws *ws)
 		MHD_upgrade_action(ws->urh, MHD_UPGRADE_ACTION_CLOSE);
 		ws->urh = NULL;
 		http_kick(); /* libmicrohttpd closes the socket on its next run */
+	} else if (ws->client && ws->fd >= 0) {
+		close(ws->fd);
+		ws->fd = -1;
 	}
 	bool was_done = ws->state == WS_DONE;
 	ws->state = WS_DONE;
@@ -251,10 +256,27 @@ static void flush(struct ws *ws)
 
 static void queue_frame(struct ws *ws, int opcode, const void *data, size_t len)
 {
-	uint8_t hdr[10];
+	uint8_t hdr[14];
 	size_t h = ws_frame_header(hdr, opcode, true, len);
-	buf_append(&ws->out, hdr, h);
-	buf_append(&ws->out, data, len);
+	if (!ws->client) {
+		buf_append(&ws->out, hdr, h);
+		buf_append(&ws->out, data, len);
+		return;
+	}
+	/* client frames are masked with a fresh key (RFC 6455 5.3) */
+	uint8_t key[4];
+	if (getrandom(key, sizeof(key), 0) != (ssize_t)sizeof(key))
+		memset(key, 0x5a, sizeof(key));
+	hdr[1] |= 0x80;
+	memcpy(hdr + h, key, 4);
+	buf_append(&ws->out, hdr, h + 4);
+	buf_reserve(&ws->out, len);
+	const uint8_t *p = data;
+	uint8_t *o = (uint8_t *)ws->out.data + ws->out.len;
+	for (size_t i = 0; i < len; i++)
+		o[i] = p[i] ^ key[i & 3];
+	ws->out.len += len;
+	ws->out.data[ws->out.len] = '\0';
 }
 
 static void on_close_timeout(void *ud)
@@ -393,7 +415,8 @@ static void parse(struct ws *ws)
 	size_t off = 0;
 	while (ws->state != WS_DONE) {
 		struct ws_frame f;
-		long n = ws_frame_parse((uint8_t *)ws->in.data + off, ws->in.len - off, true, &f);
+		long n =
+		    ws_frame_parse((uint8_t *)ws->in.data + off, ws->in.len - off, !ws->client, &f);
 		if (n == 0)
 			break;
 		if (n < 0) {
@@ -401,7 +424,11 @@ static void parse(struct ws *ws)
 			break;
 		}
 		uint8_t *payload = (uint8_t *)ws->in.data + off + f.header_len;
-		for (uint64_t i = 0; i < f.len; i++)
+		if (ws->client && f.mask) {
+			fail(ws, 1002, "masked frame from the server");
+			break;
+		}
+		for (uint64_t i = 0; f.mask && i < f.len; i++)
 			payload[i] ^= f.mask[i & 3];
 		off += (size_t)n;
 		if (!on_frame(ws, &f, payload))
@@ -446,12 +473,13 @@ static void on_io(int fd, uint32_t events, void *ud)
 	}
 }
 
-struct ws *ws_new(int sock, struct MHD_UpgradeResponseHandle *urh, const char *extra,
-                  size_t extra_len)
+static struct ws *ws_create(int sock, struct MHD_UpgradeResponseHandle *urh, bool client,
+                            const char *extra, size_t extra_len)
 {
 	struct ws *ws = xcalloc(1, sizeof(*ws));
 	ws->fd = sock;
 	ws->urh = urh;
+	ws->client = client;
 	ws->next = all;
 	if (all)
 		all->prev = ws;
@@ -466,6 +494,17 @@ struct ws *ws_new(int sock, struct MHD_UpgradeResponseHandle *urh, const char *e
 		shut(ws);
 	}
 	return ws;
+}
+
+struct ws *ws_new(int sock, struct MHD_UpgradeResponseHandle *urh, const char *extra,
+                  size_t extra_len)
+{
+	return ws_create(sock, urh, false, extra, extra_len);
+}
+
+struct ws *ws_new_client(int fd, const char *extra, size_t extra_len)
+{
+	return ws_create(fd, NULL, true, extra, extra_len);
 }
 
 void ws_set_owner(struct ws *ws, void (*fn)(void *ud, int events), void *ud)

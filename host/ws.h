@@ -28,7 +28,8 @@ struct ws_frame {
 /* Parse one frame header from p[0..n). Returns header+payload bytes if the whole frame
  * is present, 0 if more bytes are needed, or -(close code) for a protocol violation. */
 long ws_frame_parse(const uint8_t *p, size_t n, bool require_mask, struct ws_frame *f);
-/* Write a server frame header into hdr (>= 10 bytes); returns its length. */
+/* Write an unmasked frame header into hdr (>= 10 bytes, 14 if a mask key follows);
+ * returns its length. */
 size_t ws_frame_header(uint8_t *hdr, int opcode, bool fin, uint64_t len);
 bool ws_utf8_valid(const char *s, size_t n);
 bool ws_close_code_valid(int code);
@@ -40,6 +41,8 @@ struct ws;
 /* Takes over sock (closed through urh); extra is data already read past the headers. */
 struct ws *ws_new(int sock, struct MHD_UpgradeResponseHandle *urh, const char *extra,
                   size_t extra_len);
+/* A client connection on a connected socket after a successful handshake (takes fd). */
+struct ws *ws_new_client(int fd, const char *extra, size_t extra_len);
 /* The owner is told about WS_EV_* (may be called from ws_new's first read). */
 void ws_set_owner(struct ws *ws, void (*notify)(void *ud, int events), void *ud);
 /* Pop the next whole message: 1 (caller frees *data), 0 none yet, -EPIPE closed. */

@@ -362,6 +362,32 @@ function T.test_streaming_client()
   eq(json.decode(up.body), { size = 200000, sha = moonbox.sha256(string.rep("ab", 100000)) })
 end
 
+function T.test_websocket_client_and_server()
+  api.route("GET", "/v1/coretest/ws", function(req)
+    local sock = req:websocket()
+    while true do
+      local msg, kind = sock:recv()
+      if not msg then break end
+      if msg == "bye" then sock:close(4001, "done"); break end
+      sock:send(kind == "text" and msg:upper() or msg, kind)
+    end
+  end)
+  local c = ws.connect { unix_socket = SOCK, path = "/v1/coretest/ws" }
+  ok(c, "connected")
+  ok(c:send("hello"))
+  eq({ c:recv(5) }, { "HELLO", "text" })
+  local blob = string.rep("\0\1\2\255", 50000) -- 200 KB, masked by the client
+  ok(c:send(blob, "binary"))
+  eq({ c:recv(5) }, { blob, "binary" })
+  c:send("bye")
+  local none, _, code = c:recv(5)
+  eq(none, nil); eq(code, "closed"); eq(c:close_code(), 4001)
+  -- a route that does not upgrade, and one that does not exist
+  local r, err, code2 = ws.connect { unix_socket = SOCK, path = "/v1/coretest/nothing" }
+  eq(r, nil); eq(code2, "not_found"); ok(err:find("404"))
+  fails(function() ws.connect { url = "http://x" } end, "ws://")
+end
+
 function T.test_handler_errors_become_json()
   api.route("GET", "/v1/coretest/crash", function() local x = nil; return x.y end)
   api.route("GET", "/v1/coretest/gone", function() api.fail("no such widget", "not_found") end)
