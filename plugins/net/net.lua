@@ -550,17 +550,28 @@ local function render()
 	return table.concat(o, "\n") .. "\n"
 end
 
-local function apply_nft()
-	if mode() ~= "bridge" then
-		return true
-	end
-	return run({ "nft", "-f", "-" }, render())
-end
-
 local function delete_nft()
 	local T = CFG.table
 	return run({ "nft", "-f", "-" }, table.concat({ "table inet " .. T, "delete table inet " .. T,
 		"table bridge " .. T, "delete table bridge " .. T }, "\n") .. "\n")
+end
+
+-- Rewrite the table from the database. With no network left the table is deleted; a
+-- daemon that never had a network never touches nftables at all.
+local nft_written = false
+local function apply_nft()
+	if mode() ~= "bridge" then
+		return true
+	end
+	if not db.row("SELECT 1 AS x FROM net_networks LIMIT 1") then
+		if nft_written then
+			nft_written = false
+			return delete_nft()
+		end
+		return true
+	end
+	nft_written = true
+	return run({ "nft", "-f", "-" }, render())
 end
 
 -- ---------------------------------------------------------------------------------------
@@ -1487,7 +1498,10 @@ function M.teardown(opts)
 				end
 			end
 			delete_links(names)
-			delete_nft()
+			if nft_written or #names > 0 then
+				delete_nft()
+				nft_written = false
+			end
 		end
 		return true
 	end)

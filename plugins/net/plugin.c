@@ -343,6 +343,18 @@ static void net_fini(mb_plugin *p)
 {
 	dns_close_all();
 	px_close_all();
+	/* The host frees its records of our functions before it closes Lua, so a __gc
+	 * trampoline that ran after this would read freed memory: drop the finalizers (Lua
+	 * 5.4 looks __gc up again when it finalizes; everything is closed already). */
+	lua_State *L = host->lua_main();
+	const char *mts[] = { LISTENER_MT, "moonbox.net.dns" };
+	for (size_t i = 0; i < sizeof(mts) / sizeof(mts[0]); i++) {
+		if (luaL_getmetatable(L, mts[i]) == LUA_TTABLE) {
+			lua_pushnil(L);
+			lua_setfield(L, -2, "__gc");
+		}
+		lua_pop(L, 1);
+	}
 }
 
 MB_PLUGIN_DEFINE("net", "0.1", "bridges, taps, IPAM, nftables NAT and isolation, published ports",
