@@ -1266,7 +1266,10 @@ local function publish_locked(owner, maps, opts)
 			if code == "conflict" or msg:find("in use") then
 				return fail(string.format("ports: %s:%d/%s is already in use", m.host_ip, m.host_port, m.proto), "conflict")
 			end
-			return fail("ports: " .. m.host_ip .. ": " .. msg, code == "not_found" and "invalid" or code)
+			if msg:find("not an address", 1, true) or code == "not_found" then
+				code = "invalid"
+			end
+			return fail("ports: " .. m.host_ip .. ": " .. msg, code)
 		end
 		ls[i] = l
 		m.host_port = l:stats().port

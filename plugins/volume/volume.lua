@@ -13,7 +13,7 @@ local CFG = {
 	default_size = GiB,
 	min_size = 8 * MiB,
 	max_size = 16 * 1024 * GiB,
-	max_devices = 4, -- virtio-mmio transports left for volumes and binds (see README)
+	max_devices = 3, -- virtio-mmio transports left for volumes and binds (see README)
 }
 
 db.migrate("volume", {

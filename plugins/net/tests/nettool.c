@@ -11,6 +11,8 @@
  *   mb-nettool peer PORT                 TCP: answer each connection with "peer=IP\n"
  *   mb-nettool tcp-ask HOST PORT [MS]    TCP: connect, print what the server sends until
  *                                        EOF; prints "refused"/"timeout" (exit 1) on failure
+ *   mb-nettool http HOST PORT [PATH]     HTTP/1.0 GET, prints the response (busybox wget
+ *                                        crashes in a static build)
  * Servers run until killed.
  */
 #include <arpa/inet.h>
@@ -203,6 +205,24 @@ static int tcp_ask(const char *host, const char *port, int ms)
 	return 0;
 }
 
+static int http_get(const char *host, const char *port, const char *path)
+{
+	struct sockaddr_in a = addr_of(host, port);
+	int fd = connect_timeout(&a, 5000);
+	char req[512];
+	int len = snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, host);
+	(void)!write(fd, req, (size_t)len);
+	char buf[4096];
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	while (poll(&p, 1, 5000) == 1) {
+		ssize_t n = read(fd, buf, sizeof(buf));
+		if (n <= 0)
+			break;
+		fwrite(buf, 1, (size_t)n, stdout);
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -219,6 +239,8 @@ int main(int argc, char **argv)
 		return peer(argv[2]);
 	if (argc >= 4 && strcmp(argv[1], "tcp-ask") == 0)
 		return tcp_ask(argv[2], argv[3], argc >= 5 ? atoi(argv[4]) : 3000);
+	if (argc >= 4 && strcmp(argv[1], "http") == 0)
+		return http_get(argv[2], argv[3], argc >= 5 ? argv[4] : "/");
 	fprintf(stderr, "usage: see the comment at the top of nettool.c\n");
 	return 2;
 }

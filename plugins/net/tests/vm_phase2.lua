@@ -68,7 +68,7 @@ return {
   test_03_isolation_after_restart = function()
     eq(ask(vms.a, vms.b.ip, 1025), "timeout\n", "alpha -> beta's agent")
     eq(ask(vms.a, vms.c.ip, 8080), "timeout\n", "alpha -> gamma")
-    local out = V.sh(vms.a, "wget -q -T 5 -O - http://" .. vms.b.ip .. ":8080/")
+    local out = V.sh(vms.a, "mb-nettool http " .. vms.b.ip .. " 8080")
     ok(has(out, "beta-web"), "alpha -> beta:8080", out)
     out = V.sh(vms.b, "nslookup alpha 10.251.0.1")
     ok(has(out, vms.a.ip), "DNS after restart", out)

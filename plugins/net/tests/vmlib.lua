@@ -63,17 +63,21 @@ function V.boot(spec)
     "-device", "virtio-blk-device,drive=lo,serial=lower",
     "-drive", "id=up,file=" .. upper .. ",format=raw,if=none",
     "-device", "virtio-blk-device,drive=up,serial=upper" }
+  -- Under acpi=off the 5th virtio-mmio device gets IRQ 8, which the RTC holds: that
+  -- device never works ("genirq: Flags mismatch irq 8"). Put the network and the rng
+  -- first and a sacrificial second rng in slot 5, volumes and binds after it.
+  local extra = {}
   for i, d in ipairs(spec.disks or {}) do
-    argv[#argv + 1] = "-drive"
-    argv[#argv + 1] = string.format("id=d%d,file=%s,format=raw,if=none%s", i, d.path, d.readonly and ",readonly=on" or "")
-    argv[#argv + 1] = "-device"
-    argv[#argv + 1] = string.format("virtio-blk-device,drive=d%d,serial=%s", i, d.serial)
+    extra[#extra + 1] = "-drive"
+    extra[#extra + 1] = string.format("id=d%d,file=%s,format=raw,if=none%s", i, d.path, d.readonly and ",readonly=on" or "")
+    extra[#extra + 1] = "-device"
+    extra[#extra + 1] = string.format("virtio-blk-device,drive=d%d,serial=%s", i, d.serial)
   end
   for i, s in ipairs(spec.shares or {}) do
-    argv[#argv + 1] = "-fsdev"
-    argv[#argv + 1] = string.format("local,id=fs%d,path=%s,security_model=none%s", i, s.path, s.readonly and ",readonly=on" or "")
-    argv[#argv + 1] = "-device"
-    argv[#argv + 1] = string.format("virtio-9p-device,fsdev=fs%d,mount_tag=%s", i, s.tag)
+    extra[#extra + 1] = "-fsdev"
+    extra[#extra + 1] = string.format("local,id=fs%d,path=%s,security_model=none%s", i, s.path, s.readonly and ",readonly=on" or "")
+    extra[#extra + 1] = "-device"
+    extra[#extra + 1] = string.format("virtio-9p-device,fsdev=fs%d,mount_tag=%s", i, s.tag)
   end
   local nic = spec.nic
   local addr
@@ -96,6 +100,13 @@ function V.boot(spec)
   argv[#argv + 1] = "rng-random,id=rng0,filename=/dev/urandom"
   argv[#argv + 1] = "-device"
   argv[#argv + 1] = "virtio-rng-device,rng=rng0"
+  argv[#argv + 1] = "-object"
+  argv[#argv + 1] = "rng-random,id=rng1,filename=/dev/urandom"
+  argv[#argv + 1] = "-device"
+  argv[#argv + 1] = "virtio-rng-device,rng=rng1"
+  for _, a in ipairs(extra) do
+    argv[#argv + 1] = a
+  end
   must(argv)
   local pid = tonumber((fs.read(dir .. "/qemu.pid") or ""):match("%d+"))
   fs.append(E.pids, tostring(pid) .. "\n")
