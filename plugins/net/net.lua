@@ -33,6 +33,9 @@ local CFG = {
 	dns = ENV.dns ~= "0",
 	udp_idle_ms = tonumber(ENV.udp_idle_ms) or 60000,
 	user_restrict = ENV.user_restrict == "1",          -- rootless: no outbound at all
+	-- "auto": enable IPv4 forwarding on the interfaces of the default routes (only those)
+	-- when a network with outbound access exists; "off": the operator manages forwarding
+	uplink_forwarding = ENV.uplink_forwarding or "auto",
 }
 
 local IFNAME_MAX = 15
@@ -578,6 +581,32 @@ end
 -- bridges, taps, DNS
 -- ---------------------------------------------------------------------------------------
 
+-- Outbound NAT needs forwarding on the bridge (set per bridge) and on the interface the
+-- replies come back through: the uplink. Never the global switch, never other interfaces.
+local function ensure_uplink_forwarding()
+	if CFG.uplink_forwarding ~= "auto" then
+		return
+	end
+	if not db.row("SELECT 1 AS x FROM net_networks WHERE internal = 0 LIMIT 1") then
+		return
+	end
+	local r = run({ "ip", "-j", "-4", "route", "show", "default" })
+	local ok, routes = pcall(json.decode, r and r.stdout or "[]")
+	for _, rt in ipairs(ok and type(routes) == "table" and routes or {}) do
+		local dev = rt.dev
+		if type(dev) == "string" and dev:match("^[%w%.%-_]+$")
+			and sysctl_read("net/ipv4/conf/" .. dev .. "/forwarding") == "0" then
+			local done, msg = M._sysctl("net/ipv4/conf/" .. dev .. "/forwarding", "1")
+			if done then
+				log.warn("net: enabled IPv4 forwarding on the uplink %s (outbound NAT and published ports "
+					.. "need it; MOONBOX_NET_UPLINK_FORWARDING=off leaves it to you)", dev)
+			else
+				log.warn("net: cannot enable forwarding on %s: %s", dev, tostring(msg))
+			end
+		end
+	end
+end
+
 local function bridge_mac(id)
 	return string.format("02:6d:ff:%02x:%02x:%02x", (id >> 16) & 255, (id >> 8) & 255, id & 255)
 end
@@ -599,6 +628,7 @@ local function ensure_bridge(n, existing)
 	-- per-interface settings only: forward what the guests send, no IPv6 on the bridge
 	M._sysctl("net/ipv4/conf/" .. n.bridge .. "/forwarding", "1")
 	M._sysctl("net/ipv6/conf/" .. n.bridge .. "/disable_ipv6", "1")
+	ensure_uplink_forwarding()
 	return true
 end
 

@@ -32,6 +32,6 @@ trap 'exit 130' INT TERM HUP
 touch "$tmp/pids"
 export MOONBOX_NET_DEFAULT_BRIDGE=mbr0 MOONBOX_NET_BRIDGE_PREFIX=mbrn MOONBOX_NET_TAP_PREFIX=mbrt \
 	MOONBOX_NET_TABLE=$TABLE MOONBOX_NET_DEFAULT_SUBNET=10.254.0.0/16 MOONBOX_NET_POOL=10.250.0.0/16 \
-	MOONBOX_NET_UDP_IDLE_MS=300 MB_NETTOOL="$nettool" MB_PIDS="$tmp/pids"
+	MOONBOX_NET_UDP_IDLE_MS=300 MOONBOX_NET_UPLINK_FORWARDING=off MB_NETTOOL="$nettool" MB_PIDS="$tmp/pids"
 mkdir -p "$tmp/state"
 "$mb" test --state-dir "$tmp/state" --socket "$tmp/api.sock" --timeout 300 "$@"

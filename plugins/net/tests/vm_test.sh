@@ -8,6 +8,8 @@
 #   between: no daemon runs; DNAT from the namespace must still reach the guest
 #   phase 2 (a new runtime, same state dir: a daemon restart): reconcile, ports and
 #            isolation still work, stray taps removed, everything torn down
+#   phase 3 (another runtime in rootless user mode): QEMU user networking, published
+#            TCP/UDP ports through the proxy, conflicts
 #
 # Everything it creates has test-only names (mbq*, moonbox_test, 10.251-253.x) and is
 # removed by the EXIT trap, even on failure. Host sysctls are only touched per interface,
@@ -19,7 +21,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 mb="" nettool="" ctl="" mk="" kernel="" initrd="" qemu=qemu-system-x86_64
-phase1="$here/vm_phase1.lua" phase2="$here/vm_phase2.lua" vmlib="$here/vmlib.lua"
+phase1="$here/vm_phase1.lua" phase2="$here/vm_phase2.lua" phase3="$here/vm_user.lua"
+vmlib="$here/vmlib.lua"
 while [[ $# -gt 0 ]]; do
 	case "$1" in
 	--moonbox) mb="$2"; shift 2 ;;
@@ -30,6 +33,7 @@ while [[ $# -gt 0 ]]; do
 	--initrd) initrd="$2"; shift 2 ;;
 	--phase1) phase1="$2"; shift 2 ;;
 	--phase2) phase2="$2"; shift 2 ;;
+	--phase3) phase3="$2"; shift 2 ;;
 	--vmlib) vmlib="$2"; shift 2 ;;
 	*) echo "unknown argument $1" >&2; exit 2 ;;
 	esac
@@ -121,7 +125,7 @@ mkdir -p "$tmp/work" "$tmp/state"
 touch "$tmp/pids"
 export MOONBOX_NET_DEFAULT_BRIDGE=mbq0 MOONBOX_NET_BRIDGE_PREFIX=mbqn MOONBOX_NET_TAP_PREFIX=mbqt \
 	MOONBOX_NET_TABLE=$TABLE MOONBOX_NET_DEFAULT_SUBNET=10.251.0.0/16 MOONBOX_NET_POOL=10.252.0.0/16 \
-	MOONBOX_NET_UDP_IDLE_MS=5000
+	MOONBOX_NET_UDP_IDLE_MS=5000 MOONBOX_NET_UPLINK_FORWARDING=off
 export MB_WORK="$tmp/work" MB_PIDS="$tmp/pids" MB_KERNEL="$kernel" MB_INITRD="$initrd" \
 	MB_AGENTCTL="$ctl" MB_MKINITRAMFS="$mk" MB_LOWER="$tmp/lower.erofs" MB_KHZ=$(tsc_khz) \
 	MB_QEMU="$qemu" MB_NETTOOL="$nettool" MB_NS="$NS" MB_VMLIB="$vmlib" \
@@ -172,4 +176,9 @@ if nft list table inet "$TABLE" >/dev/null 2>&1 || nft list table bridge "$TABLE
 else
 	echo "ok - nft tables removed by teardown"
 fi
+
+echo "# phase 3: rootless user mode"
+mkdir -p "$tmp/state-user"
+MOONBOX_NET_MODE=user MB_HP_TCP=$(free_port) MB_HP_UDP=$(free_port) \
+	"$mb" test --state-dir "$tmp/state-user" --timeout 600 "$phase3" || rc=1
 exit $rc
