@@ -83,6 +83,15 @@ return {
     ok(has(out, "echo:ping-ns"), "udp from the namespace", out)
   end,
 
+  test_04b_published_ports_from_guests_through_the_host = function()
+    -- hairpin: a neighbour on the same network and a guest on another network reach the
+    -- published port through a host address (published ports are public)
+    for _, k in ipairs({ "b", "c" }) do
+      local out = V.sh(vms[k], "mb-nettool http " .. OUT_HOST .. " " .. HP_TCP)
+      ok(has(out, "alpha-web"), "guest " .. k .. " -> published port", out)
+    end
+  end,
+
   test_05_outbound_nat = function()
     -- the outside host sees the host's address, not the guest's
     for _, k in ipairs({ "a", "b" }) do
@@ -159,8 +168,10 @@ return {
     ok(volume.remove("vt-data"))
   end,
 
-  -- the guests a, b, c keep running into phase 2 (a daemon restart)
+  -- the guests a, b, c and a named volume stay into phase 2 (a daemon restart)
   test_12_leave_running = function()
+    local v = ok(volume.create { name = "vt-keep", size = "16M" })
+    fs.write(E.work .. "/vt-keep.path", v.path)
     fs.write(E.work .. "/vms.json", json.encode({
       a = { pid = vms.a.pid, token = vms.a.token, addr = vms.a.addr, dir = vms.a.dir, ip = eps.a.ip },
       b = { pid = vms.b.pid, token = vms.b.token, addr = vms.b.addr, dir = vms.b.dir, ip = eps.b.ip },

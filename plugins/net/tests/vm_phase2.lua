@@ -51,6 +51,13 @@ return {
     end
   end,
 
+  test_01b_volume_survives_restart = function()
+    local v = ok(volume.inspect("vt-keep"))
+    eq(v.path, fs.read(E.work .. "/vt-keep.path"))
+    ok(fs.exists(v.path))
+    ok(volume.remove("vt-keep"))
+  end,
+
   test_02_ports_after_restart = function()
     local out = V.eventually(function()
       local o = V.host({ "curl", "-s", "-m", "5", "http://127.0.0.1:" .. HP_TCP .. "/" })
