@@ -34,6 +34,7 @@
 #define PUMP_ROUNDS  16
 #define DGRAM_BATCH  64
 #define DGRAM_MAX    65536
+#define CONNECT_MS   10000 /* a target that never answers the SYN */
 
 static const struct mb_host *H;
 static mb_plugin *P;
@@ -71,6 +72,7 @@ struct px_conn {
 	mb_watch *w[2];
 	uint32_t ev[2];
 	bool connecting;
+	mb_timer *connect_timer;
 	struct px_half h[2];
 };
 
@@ -106,6 +108,8 @@ static uint64_t now_ms(void)
 static void conn_free(struct px_conn *c)
 {
 	struct px_listener *l = c->l;
+	if (c->connect_timer)
+		H->timer_stop(c->connect_timer);
 	for (int i = 0; i < 2; i++) {
 		if (c->w[i])
 			H->fd_unwatch(c->w[i]);
@@ -214,6 +218,8 @@ static void on_conn(int fd, uint32_t events, void *ud)
 		if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
 			return;
 		c->connecting = false;
+		H->timer_stop(c->connect_timer);
+		c->connect_timer = NULL;
 	}
 	if (pump(c, 0) < 0 || pump(c, 1) < 0 || rearm(c) < 0) {
 		conn_free(c);
@@ -225,6 +231,14 @@ static void on_conn(int fd, uint32_t events, void *ud)
 		if (c->ev[s] == 0)
 			conn_free(c);
 	}
+}
+
+static void connect_timeout(void *ud)
+{
+	struct px_conn *c = ud;
+	c->connect_timer = NULL; /* freed by the host after this returns */
+	c->l->st.failed++;
+	conn_free(c);
 }
 
 static int make_pipe(struct px_half *h)
@@ -268,6 +282,7 @@ static void accept_one(struct px_listener *l, int cfd)
 	c->w[1] = H->fd_watch(c->fd[1], EPOLLOUT, on_conn, c, NULL);
 	if (!c->w[0] || !c->w[1])
 		goto fail;
+	c->connect_timer = H->timer_start(CONNECT_MS, connect_timeout, c);
 	return;
 fail:
 	l->st.failed++;
