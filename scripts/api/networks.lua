@@ -1,0 +1,82 @@
+-- REST v1: networks (plugins/net; see plugins/net/README.md for the Lua module).
+--
+--   GET    /v1/networks            -> [network...]
+--   POST   /v1/networks            {"name", "subnet"?, "gateway"?, "internal"?, "mtu"?, "labels"?}
+--                                  -> 201 network; 400 naming the field, 409 name taken or
+--                                     subnet overlapping another network or a host route
+--   GET    /v1/networks/{name}     -> network with its endpoints
+--   DELETE /v1/networks/{name}     -> 204; 409 while endpoints are attached
+--   GET    /v1/networks/{name}/ports -> published ports of the endpoints on that network
+local net = package.loaded.net
+
+local FIELDS = { name = true, subnet = true, gateway = true, internal = true, mtu = true, labels = true }
+
+-- "field: message" from the plugin becomes {"error": {..., "field": "field"}}
+local function fail(msg, code)
+  local field = type(msg) == "string" and msg:match("^(%w+):") or nil
+  api.error(api.status_for(code or "invalid"), code or "invalid", msg or "unknown error",
+            field and FIELDS[field] and { field = field } or nil)
+end
+
+local function need_net()
+  if not net then
+    api.error(501, "unsupported", "the net plugin is not loaded")
+  end
+end
+
+api.route("GET", "/v1/networks", function()
+  need_net()
+  return 200, net.networks()
+end)
+
+api.route("POST", "/v1/networks", function(req)
+  need_net()
+  local body = req:json()
+  if type(body) ~= "table" or json.is_array(body) then
+    api.error(400, "invalid", "a JSON object is required")
+  end
+  for k in pairs(body) do
+    if not FIELDS[k] then
+      api.error(400, "invalid", "unknown field " .. tostring(k), { field = tostring(k) })
+    end
+  end
+  if body.internal == json.null then body.internal = nil end
+  local n, msg, code = net.create_network(body)
+  if not n then
+    fail(msg, code)
+  end
+  return 201, n
+end)
+
+api.route("GET", "/v1/networks/{name}", function(req)
+  need_net()
+  local n, msg, code = net.inspect(req.params.name)
+  if not n then
+    fail(msg, code)
+  end
+  return 200, n
+end)
+
+api.route("DELETE", "/v1/networks/{name}", function(req)
+  need_net()
+  local ok, msg, code = net.remove_network(req.params.name)
+  if not ok then
+    fail(msg, code)
+  end
+  return 204
+end)
+
+api.route("GET", "/v1/networks/{name}/ports", function(req)
+  need_net()
+  local n, msg, code = net.inspect(req.params.name)
+  if not n then
+    fail(msg, code)
+  end
+  local out = {}
+  for _, e in ipairs(n.endpoints) do
+    for _, p in ipairs(net.published(e.owner)) do
+      out[#out + 1] = p
+    end
+  end
+  return 200, json.array(out)
+end)
