@@ -80,3 +80,24 @@ api.route("GET", "/v1/networks/{name}/ports", function(req)
   end
   return 200, json.array(out)
 end)
+
+-- documentation (served in /v1/openapi.json)
+local apidoc = require("apidoc")
+local T = { "networks" }
+apidoc.schema("Network", { type = "object", properties = {
+  name = { type = "string" }, bridge = { type = "string" }, subnet = { type = "string" },
+  gateway = { type = "string" }, internal = { type = "boolean" }, default = { type = "boolean" },
+  mtu = { type = "integer" }, labels = { type = "object" }, endpoint_count = { type = "integer" } } })
+apidoc.add("GET", "/v1/networks", { summary = "List networks", tags = T,
+  responses = { [200] = { type = "array", items = { ["$ref"] = "#/components/schemas/Network" } } } })
+apidoc.add("POST", "/v1/networks", { summary = "Create a network (a bridge with its own subnet)", tags = T,
+  body = { type = "object", required = { "name" }, properties = { name = { type = "string" },
+    subnet = { type = "string" }, gateway = { type = "string" }, internal = { type = "boolean" },
+    mtu = { type = "integer" }, labels = { type = "object" } } },
+  responses = { [201] = "Network", [400] = true, [409] = true } })
+apidoc.add("GET", "/v1/networks/{name}", { summary = "Inspect a network and its endpoints", tags = T,
+  responses = { [200] = "Network", [404] = true } })
+apidoc.add("DELETE", "/v1/networks/{name}", { summary = "Remove a network (409 while in use)", tags = T,
+  responses = { [204] = true, [404] = true, [409] = true } })
+apidoc.add("GET", "/v1/networks/{name}/ports", { summary = "Ports published on a network, with proxy counters",
+  tags = T, responses = { [200] = true, [404] = true } })

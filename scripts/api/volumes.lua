@@ -71,3 +71,20 @@ api.route("DELETE", "/v1/volumes/{name}", function(req)
   end
   return 204
 end)
+
+-- documentation (served in /v1/openapi.json)
+local apidoc = require("apidoc")
+local T = { "volumes" }
+apidoc.schema("Volume", { type = "object", properties = {
+  name = { type = "string" }, size = { type = "integer" }, path = { type = "string" },
+  labels = { type = "object" }, owner = { type = "string" }, anonymous = { type = "boolean" } } })
+apidoc.add("GET", "/v1/volumes", { summary = "List volumes", tags = T,
+  responses = { [200] = { type = "array", items = { ["$ref"] = "#/components/schemas/Volume" } } } })
+apidoc.add("POST", "/v1/volumes", { summary = "Create a named volume (a sparse ext4 image)", tags = T,
+  body = { type = "object", properties = { name = { type = "string" }, size = { description = "bytes or \"1g\"" },
+    labels = { type = "object" } } }, responses = { [201] = "Volume", [400] = true, [409] = true } })
+apidoc.add("POST", "/v1/volumes/prune", { summary = "Remove unused anonymous volumes", tags = T })
+apidoc.add("GET", "/v1/volumes/{name}", { summary = "Inspect a volume", tags = T,
+  responses = { [200] = "Volume", [404] = true } })
+apidoc.add("DELETE", "/v1/volumes/{name}", { summary = "Remove a volume (409 while attached)", tags = T,
+  responses = { [204] = true, [404] = true, [409] = true } })
