@@ -252,17 +252,12 @@ static int stat_fields(pid_t pid, unsigned long long *out, int want_from, int co
 	p += 2;
 	int field = 3, got = 0;
 	while (*p && got < count) {
-		char *end;
-		if (field >= want_from) {
-			out[got++] = strtoull(p, &end, 10);
-		} else {
-			end = strchr(p, ' ');
-			if (!end)
-				break;
-		}
-		p = end;
-		while (*p == ' ')
-			p++;
+		if (field >= want_from)
+			out[got++] = strtoull(p, NULL, 10);
+		char *sp = strchr(p, ' ');
+		if (!sp)
+			break;
+		p = sp + 1;
 		field++;
 	}
 	free(s);
