@@ -517,6 +517,11 @@ static void simple_done(void *ud, int rc, const json_t *rep, const uint8_t *p, s
 {
 	struct gop *g = ud;
 	g->req = NULL;
+	if (rc == -ESRCH && g->shape == S_PROC) {
+		/* exec without a running main process: a state problem, not a missing object */
+		gop_fail(g, -EBUSY, err && err->msg[0] ? err->msg : "no running container");
+		return;
+	}
 	if (rc < 0) {
 		gop_fail_err(g, rc, err);
 		return;
@@ -1366,7 +1371,8 @@ static void cmd_exec_done(void *ud, int rc, const json_t *rep, const uint8_t *p,
 	struct gop *g = ud;
 	g->req = NULL;
 	if (rc < 0) {
-		gop_fail_err(g, rc, err);
+		/* ESRCH: no running main process to exec in, a state problem (conflict) */
+		gop_fail_err(g, rc == -ESRCH ? -EBUSY : rc, err);
 		return;
 	}
 	g->started = true;
