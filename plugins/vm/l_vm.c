@@ -480,6 +480,10 @@ static int gop_send(struct gop *g, struct areq **slot, json_t *hdr, const void *
 	if (!g->a || g->v->state != VS_RUNNING) {
 		json_decref(hdr);
 		mb_err_set(&e, -EBUSY, "vm %s is %s", g->v->name, vm_state_name(g->v->state));
+	} else if (g->v->agent != g->a) {
+		/* compared, never dereferenced: the agent of an earlier boot may be gone */
+		json_decref(hdr);
+		mb_err_set(&e, -ECONNRESET, "vm %s restarted during the operation", g->v->name);
 	} else if (agent_call(g->a, hdr, data, len, timeout_ms, fn, g, slot, &e) == 0) {
 		return 0;
 	}
