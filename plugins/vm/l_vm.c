@@ -1038,6 +1038,8 @@ static int l_wait(lua_State *L)
 
 static int buf_add(struct gop *g, int i, const uint8_t *p, size_t n)
 {
+	if (n == 0)
+		return 0;
 	if (g->blen[i] + n > g->bcap[i]) {
 		size_t nc = g->bcap[i] ? g->bcap[i] : 65536;
 		while (nc < g->blen[i] + n)

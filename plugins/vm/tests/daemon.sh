@@ -114,7 +114,9 @@ expect_eq "vm.adopted event" "$(body_of <<<"$out" | jq_ '.[-1].data.id')" "$id"
 check "QEMU runs in its own session" test "$(ps -o sid= -p "$pid" | tr -d ' ')" = "$pid"
 
 # --- SIGTERM: fini releases host-side resources only; the VM keeps running ------------------
-stop_daemon || true
+rc=0; stop_daemon || rc=$?
+expect_eq "the daemon exits cleanly while a VM runs (sanitizers: no leak)" "$rc" 0
+if [ "$rc" != 0 ]; then tail -50 "$D_LOG"; fi
 check "QEMU survives a clean daemon stop" kill -0 "$pid"
 start_daemon d1 --guest-dir "$GUEST"
 out=$(json_post /v1/vms/web/exec '{"cmd":["echo","again"]}')
@@ -160,5 +162,7 @@ expect_eq "force delete: 204" "$(status_of <<<"$out")" 204
 check "force delete: QEMU is gone" bash -c "! kill -0 $pid2 2>/dev/null"
 expect_eq "nothing left" "$(api GET /v1/vms | body_of | jq_ length)" 0
 expect_eq "no QEMU of this daemon" "$(pgrep -fc -- "$D_RUN/vms" || true)" 0
-stop_daemon || true
+rc=0; stop_daemon || rc=$?
+expect_eq "the daemon exits cleanly" "$rc" 0
+if [ "$rc" != 0 ]; then tail -50 "$D_LOG"; fi
 finish
