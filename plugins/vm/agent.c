@@ -35,7 +35,9 @@ struct agent {
 	atomic_int refs;
 	unsigned gen;
 	nng_socket sock;
+	nng_dialer dialer;
 	bool sock_open;
+	bool slow_redial; /* reconnect backoff raised after the first authentication */
 	bool closing;
 	bool close_job; /* nng_close runs on a worker */
 	bool want;      /* keep (re)authenticating */
@@ -461,6 +463,10 @@ static void auth_done(void *ud, int rc, const json_t *rep, const uint8_t *p, siz
 		return;
 	}
 	a->authed_pipe = pipe;
+	if (!a->slow_redial) {
+		a->slow_redial = true;
+		nng_dialer_set_ms(a->dialer, NNG_OPT_RECONNMAXT, 500);
+	}
 	flush_queue(a);
 	if (a->ops && a->ops->authed)
 		a->ops->authed(a->ud);
@@ -480,6 +486,7 @@ static void hello_done(void *ud, int rc, const json_t *rep, const uint8_t *p, si
 		return;
 	}
 	a->hello_pipe = (uint32_t)json_integer_value(json_object_get(rep, "_pipe"));
+	vm_log(MB_LOG_DEBUG, "agent %s: hello answered", a->addr);
 	mbp_err pe = { 0 };
 	json_t *auth = mbp_auth_request(rep, a->token, strlen(a->token), a->hn, &pe);
 	if (!auth) {
@@ -549,6 +556,7 @@ static void pev_step(void *arg)
 {
 	struct pev *e = arg;
 	struct agent *a = e->a;
+	vm_log(MB_LOG_DEBUG, "agent %s: pipe %u event %d", a->addr, e->pipe, (int)e->ev);
 	if (G.dead || e->gen != G.gen || a->closing) {
 		free(e);
 		agent_unref(a);
@@ -605,11 +613,17 @@ struct agent *agent_open(const char *addr, const char *token, const struct agent
 	a->sock_open = true;
 	/* before any context is opened: contexts copy the socket's value */
 	nng_socket_set_ms(a->sock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
-	nng_socket_set_ms(a->sock, NNG_OPT_RECONNMINT, 10);
-	nng_socket_set_ms(a->sock, NNG_OPT_RECONNMAXT, 100);
 	nng_socket_set_size(a->sock, NNG_OPT_RECVMAXSZ, MBP_MAX_MSG);
 	nng_pipe_notify(a->sock, NNG_PIPE_EV_REM_POST, pipe_cb, a);
-	rv = nng_dial(a->sock, a->addr, NULL, NNG_FLAG_NONBLOCK);
+	nng_pipe_notify(a->sock, NNG_PIPE_EV_ADD_POST, pipe_cb, a);
+	/* While the guest boots, redial fast (a refused attempt costs a RST); after the first
+	 * authentication back off to 500 ms so a silent guest is not hammered. */
+	rv = nng_dialer_create(&a->dialer, a->sock, a->addr);
+	if (rv == 0) {
+		nng_dialer_set_ms(a->dialer, NNG_OPT_RECONNMINT, 5);
+		nng_dialer_set_ms(a->dialer, NNG_OPT_RECONNMAXT, 20);
+		rv = nng_dialer_start(a->dialer, NNG_FLAG_NONBLOCK);
+	}
 	if (rv != 0) {
 		nng_close(a->sock);
 		explicit_bzero(a->token, sizeof(a->token));

@@ -35,7 +35,11 @@
 #define STOP_MARGIN_MS       15000 /* after the grace: sync, unmount, reboot under TCG */
 #define QUIT_WAIT_MS         5000
 #define DIAL_FALLBACK_MS     20000 /* dial anyway if the console never shows the marker */
-#define AGENT_MARKER         "agent: listening"
+/* moonbox-init logs "network: ..." once the NIC is configured, right before it starts the
+ * agent: from then on a connection attempt is answered (at worst with a RST, and nng redials
+ * within 10 ms), so dialling then overlaps the TCP and SP handshakes with the agent's start. */
+#define NET_MARKER   "]: network: "
+#define AGENT_MARKER "agent: listening"
 
 static const char *const state_names[] = { "created",  "starting", "running", "paused",
 	                                   "stopping", "stopped",  "error" };
@@ -991,6 +995,7 @@ static const struct qmp_ops qops = { qmp_ready_cb, qmp_event_cb, qmp_closed_cb }
 
 static void start_running(struct vm *v)
 {
+	vm_log(MB_LOG_DEBUG, "vm %s: agent authenticated", v->id);
 	stop_timer(v);
 	v->state = VS_RUNNING;
 	v->agent_up = true;
@@ -1071,6 +1076,7 @@ static void console_watch_stop(struct vm *v)
 
 static void dial_now(struct vm *v)
 {
+	vm_log(MB_LOG_DEBUG, "vm %s: dialling the agent", v->id);
 	console_watch_stop(v);
 	if (v->state != VS_STARTING || v->intent != VI_NONE)
 		return;
@@ -1101,7 +1107,7 @@ static bool console_scan(struct vm *v)
 		for (size_t i = 0; i < n; i++)
 			if (buf[i] == '\0')
 				buf[i] = ' ';
-		if (strstr(buf, AGENT_MARKER)) {
+		if (strstr(buf, NET_MARKER) || strstr(buf, AGENT_MARKER)) {
 			found = true;
 			break;
 		}
@@ -1164,6 +1170,7 @@ static void cont_done(void *ud, json_t *ret, const char *error)
 		fail_start(v, -EIO, m);
 		return;
 	}
+	vm_log(MB_LOG_DEBUG, "vm %s: running (cont)", v->id);
 	console_watch_start(v);
 }
 
@@ -1178,6 +1185,7 @@ static void qmp_ready_cb(void *ud)
 	}
 	if (v->state != VS_STARTING || v->intent != VI_NONE)
 		return;
+	vm_log(MB_LOG_DEBUG, "vm %s: QMP ready", v->id);
 	if (fractional(v)) {
 		mb_err err = { 0 };
 		if (cgroup_attach(v, &err) < 0) {
@@ -1358,10 +1366,12 @@ static void do_spawn(struct vm *v)
 		fail_start(v, err.code, err.msg);
 		return;
 	}
+	vm_log(MB_LOG_DEBUG, "vm %s: QEMU spawned, pid %d", v->id, (int)pid);
 }
 
 static void start_now(struct vm *v)
 {
+	vm_log(MB_LOG_DEBUG, "vm %s: preparing", v->id);
 	snprintf(v->accel, sizeof(v->accel), "%s", G.accel.selected);
 	if (!v->start_timeout_ms)
 		v->start_timeout_ms = kvm() ? START_TIMEOUT_KVM_MS : START_TIMEOUT_TCG_MS;
