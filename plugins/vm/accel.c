@@ -35,6 +35,7 @@ static void accel_finish(bool kvm_ok, const char *reason, bool cached);
 
 /* ---- cache ------------------------------------------------------------------------------ */
 
+/* <state>/vm/accel.json, malloc'ed: caller frees. */
 static char *cache_path(void)
 {
 	return vm_strf("%s/accel.json", G.state_dir);
@@ -168,6 +169,7 @@ struct probe_job {
 	mb_err err;
 };
 
+/* Worker: remove the probe directory ud (a malloc'ed path, freed by probe_cleanup_done). */
 static void probe_cleanup_work(void *ud)
 {
 	char *dir = ud;

@@ -695,6 +695,7 @@ void agent_send_nowait(struct agent *a, json_t *hdr)
 	agent_call(a, hdr, NULL, 0, 30000, nowait_done, NULL, NULL, NULL);
 }
 
+/* Ownership: frees a (its token wiped); only when the last reference went. */
 static void agent_free(struct agent *a)
 {
 	if (a->gen == G.gen) {

@@ -383,6 +383,7 @@ struct gop {
 	int timeout_ms;
 };
 
+/* Ownership: frees g, its buffers and timers; drops its VM reference. */
 static void gop_free(struct gop *g)
 {
 	if (g->timer)
@@ -404,6 +405,8 @@ static void gop_free(struct gop *g)
 
 static void gop_cancel(void *ud);
 
+/* A new guest operation holding a reference on v. Ownership: caller frees with gop_free()
+ * (or gop_done()/gop_fail(), which free it). */
 static struct gop *gop_new(struct vm *v, enum gkind kind)
 {
 	struct gop *g = calloc(1, sizeof(*g));
@@ -581,6 +584,7 @@ static int simple(lua_State *L, struct vm *v, json_t *req, enum shape shape, con
 	return gop_begin(L, g, req, data, len, CALL_MS, simple_done);
 }
 
+/* The process table at idx, validated: new reference (caller decrefs) or NULL with err. */
 static json_t *proc_arg(lua_State *L, int idx, bool is_run, mb_err *err)
 {
 	luaL_checktype(L, idx, LUA_TTABLE);
@@ -1036,6 +1040,7 @@ static int l_wait(lua_State *L)
 
 /* ---- files ---- */
 
+/* Append n bytes (copied) to g->buf[i], which g owns. */
 static int buf_add(struct gop *g, int i, const uint8_t *p, size_t n)
 {
 	if (n == 0)
@@ -1121,6 +1126,7 @@ static int l_fs_read(lua_State *L)
 	return gop_begin(L, g, r, NULL, 0, CALL_MS, fsread_done);
 }
 
+/* The next fs_write request of g: new reference (caller decrefs / gives it away). */
 static json_t *fswrite_req(struct gop *g)
 {
 	json_t *r = json_pack("{s:s,s:s,s:I}", "op", MBP_OP_FS_WRITE, "path", g->path, "offset",

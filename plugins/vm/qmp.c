@@ -48,6 +48,7 @@ static void update_watch(struct qmp *q)
 	G.host->fd_modify(q->w, ev, NULL);
 }
 
+/* Append n bytes of s (borrowed, copied) to the output buffer q owns. */
 static void append_out(struct qmp *q, const char *s, size_t n)
 {
 	if (q->outoff > 0 && q->outoff == q->outlen)

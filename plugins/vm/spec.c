@@ -153,6 +153,7 @@ static bool known(const char *const *list, const char *k)
 	return false;
 }
 
+/* <guest_dir>/name, malloc'ed: caller frees. */
 static char *guest_file(const char *name)
 {
 	return vm_strf("%s/%s", G.guest_dir ? G.guest_dir : ".", name);

@@ -102,6 +102,7 @@ void vm_ref(struct vm *v)
 	v->refs++;
 }
 
+/* Ownership: frees v and everything it owns (no runtime resources may be left). */
 static void vm_free(struct vm *v)
 {
 	json_decref(v->spec);
@@ -131,6 +132,7 @@ void vm_unref(struct vm *v)
 	vm_free(v);
 }
 
+/* Replace v->error with a copy of msg (borrowed; NULL clears). */
 static void set_error(struct vm *v, const char *msg)
 {
 	free(v->error);
@@ -141,6 +143,7 @@ static void set_error(struct vm *v, const char *msg)
 
 static char *cgroup_path(const struct vm *v);
 
+/* A time or null: new reference. */
 static json_t *opt_time(double t)
 {
 	return t > 0 ? json_real(t) : json_null();
@@ -177,6 +180,7 @@ json_t *vm_record(const struct vm *v)
 	return r;
 }
 
+/* {id, name} of an event: new reference (vm_emit steals it). */
 static json_t *ev_data(const struct vm *v)
 {
 	return json_pack("{s:s,s:s}", "id", v->id, "name", v->name);
@@ -422,6 +426,7 @@ static void cgroup_remove(const struct vm *v)
 	free(p);
 }
 
+/* The VM's cgroup directory, malloc'ed (caller frees), or NULL without a quota. */
 static char *cgroup_path(const struct vm *v)
 {
 	return G.cgroup_root && fractional(v) ? vm_strf("%s/%s", G.cgroup_root, v->id) : NULL;
@@ -517,6 +522,7 @@ static void av_add(struct argv *a, char *s) /* takes ownership of s */
 	a->v[a->n] = NULL;
 }
 
+/* Ownership: frees every string and the vector. */
 static void av_free(struct argv *a)
 {
 	for (int i = 0; i < a->n; i++)
@@ -1277,6 +1283,7 @@ static void prep_work(void *ud)
 	j->rc = vm_build_initrd(j->base, j->cfg, j->initrd, &j->err);
 }
 
+/* Ownership: frees the job and its strings and config. */
 static void prep_free(struct prep_job *j)
 {
 	free(j->base);

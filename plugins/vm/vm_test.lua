@@ -165,8 +165,22 @@ return {
 
   test_c_lifecycle = function()
     local since = events.last_id()
-    local rec = ok(vm.create(spec("life", { vcpus = 1, memory_mib = 192, hostname = "lifevm",
-                                            labels = { owner = "tests" } })))
+    -- a host directory shared read-only (virtio-9p) and an ext4 volume mounted at /data
+    local share = TEST_DIR .. "/share"
+    fs.mkdir(share)
+    fs.write(share .. "/share-file", "shared-from-host\n")
+    local vol = TEST_DIR .. "/vol.ext4"
+    fs.mkdir(TEST_DIR .. "/volsrc")
+    fs.write(TEST_DIR .. "/volsrc/vol-file", "volume-data\n")
+    eq(sh("truncate -s 16M '" .. vol .. "' && mkfs.ext4 -q -F -d '" .. TEST_DIR .. "/volsrc' '"
+          .. vol .. "'").code, 0)
+    local sp = spec("life", { vcpus = 1, memory_mib = 192, hostname = "lifevm",
+                              labels = { owner = "tests" },
+                              shares = { { path = share, tag = "hostshare", readonly = true } },
+                              mounts = { { type = "9p", tag = "hostshare", target = "/host", ro = true },
+                                         { type = "block", serial = "vol", target = "/data" } } })
+    sp.disks[3] = { path = vol, serial = "vol" }
+    local rec = ok(vm.create(sp))
     eq(rec.state, "created"); eq(rec.pid, 0); eq(rec.labels.owner, "tests")
     ok(rec.token == nil and not json.encode(rec):find("token"), "the token is never returned")
     local id = rec.id
@@ -203,6 +217,8 @@ return {
     o = ok(vm.command(id, { "sh", "-c", "cat /etc/image-file; hostname; echo $FOO; id -u" },
                       { env = { FOO = "bar" }, user = "app" }))
     eq(o.stdout, "image-file\nlifevm\nbar\n1000\n")
+    o = ok(vm.command(id, { "sh", "-c", "cat /host/share-file /data/vol-file; touch /host/x 2>/dev/null || echo ro" }))
+    eq(o.stdout, "shared-from-host\nvolume-data\nro\n")
     local nf, nfm = vm.command(id, { "no-such-binary" })
     eq(nf, nil); ok(nfm:find("not found"), nfm)
 
@@ -454,6 +470,23 @@ return {
     local rm, rmm, rmc = vm.remove(rec.id)
     eq(rm, nil); eq(rmc, "conflict", rmm)
     ok(vm.remove(rec.id, { force = true }))
+    assert_gone(rec.id)
+  end,
+
+  test_j_debian_kernel = function()
+    if not fs.exists(moonbox.config("guest_dir") .. "/vmlinux-debian") then
+      skip("no Debian guest kernel built")
+    end
+    local rec = ok(vm.create(spec("deb", { kernel = "debian" })))
+    eq(rec.spec.acpi, true)
+    local r = ok(vm.start(rec.id))
+    local cmdline = fs.read("/proc/" .. r.pid .. "/cmdline"):gsub("%z", " ")
+    ok(cmdline:find("vmlinux-debian", 1, true)); ok(not cmdline:find("acpi=off", 1, true))
+    main_loop(rec.id)
+    local o = ok(vm.command(rec.id, { "sh", "-c", "uname -r; cat /etc/image-file" }))
+    ok(o.stdout:find("cloud", 1, true) and o.stdout:find("image-file", 1, true), o.stdout)
+    ok(vm.stop(rec.id, { timeout = 1 }))
+    ok(vm.remove(rec.id))
     assert_gone(rec.id)
   end,
 
