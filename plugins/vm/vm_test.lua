@@ -377,6 +377,18 @@ return {
     -- a guest call now is a conflict, a start works again
     local c, _, cc = vm.command(rec.id, { "true" })
     eq(c, nil); eq(cc, "conflict")
+    -- the guest going down by itself (someone else with the token asks the agent to shut
+    -- down): QMP reports a guest reset, the VM died with that reason
+    if AGENTCTL then
+      r = ok(vm.start(rec.id))
+      local res = proc.run({ AGENTCTL, "--addr", r.agent_addr, "--token", token_of(rec.id),
+                             "shutdown", "--grace-ms", "0" })
+      eq(res.code, 0, res.stderr)
+      ev = ok(sub:next(120))
+      eq(ev.data.id, rec.id); eq(ev.data.reason, "guest-reset")
+      g = vm.get(rec.id)
+      eq(g.state, "stopped"); eq(g.exit.qmp_reason, "guest-reset")
+    end
     ok(vm.remove(rec.id))
     assert_gone(rec.id)
   end,
