@@ -611,11 +611,28 @@ static struct argv build_argv(struct vm *v, int agent_port)
 	ADD("console=ttyS0 panic=-1 reboot=t%s tsc=reliable cryptomgr.notests %s%s%s", tsc,
 	    acpi ? "quiet init_on_alloc=0 mitigations=off" : "no_timer_check quiet",
 	    extra ? " " : "", extra ? extra : "");
-	/* devices in virtio-mmio order: disks, shares, NICs, rng */
+	/* devices in virtio-mmio order: disks, shares, NICs, with the rng in the 5th slot
+	 * when there are more than four: without ACPI the 5th transport gets IRQ 8, which the
+	 * RTC holds, so that device does not work; the rng is the one we can spare there. */
 	size_t i;
 	json_t *d;
+	int ndev = 0;
+	bool rng_done = false;
+#define RNG_IF_SLOT5()                                                                              \
+	do {                                                                                       \
+		if (ndev == 4 && !rng_done) {                                                      \
+			ADD("-object");                                                            \
+			ADD("rng-random,id=rng0,filename=/dev/urandom");                           \
+			ADD("-device");                                                            \
+			ADD("virtio-rng-device,rng=rng0");                                         \
+			rng_done = true;                                                           \
+			ndev++;                                                                    \
+		}                                                                                  \
+		ndev++;                                                                            \
+	} while (0)
 	json_array_foreach(json_object_get(s, "disks"), i, d)
 	{
+		RNG_IF_SLOT5();
 		ADD("-drive");
 		ADD("id=d%zu,file=%s,format=%s,if=none%s", i,
 		    json_string_value(json_object_get(d, "path")),
@@ -627,6 +644,7 @@ static struct argv build_argv(struct vm *v, int agent_port)
 	}
 	json_array_foreach(json_object_get(s, "shares"), i, d)
 	{
+		RNG_IF_SLOT5();
 		ADD("-fsdev");
 		ADD("local,id=fs%zu,path=%s,security_model=none%s", i,
 		    json_string_value(json_object_get(d, "path")),
@@ -639,6 +657,7 @@ static struct argv build_argv(struct vm *v, int agent_port)
 	guest_ip(v, ip, sizeof(ip));
 	json_array_foreach(json_object_get(s, "nics"), i, d)
 	{
+		RNG_IF_SLOT5();
 		const char *type = json_string_value(json_object_get(d, "type"));
 		ADD("-netdev");
 		if (strcmp(type, "tap") == 0) {
@@ -670,10 +689,13 @@ static struct argv build_argv(struct vm *v, int agent_port)
 		ADD("virtio-net-device,netdev=n%zu,mac=%s", i,
 		    json_string_value(json_object_get(d, "mac")));
 	}
-	ADD("-object");
-	ADD("rng-random,id=rng0,filename=/dev/urandom");
-	ADD("-device");
-	ADD("virtio-rng-device,rng=rng0");
+	if (!rng_done) {
+		ADD("-object");
+		ADD("rng-random,id=rng0,filename=/dev/urandom");
+		ADD("-device");
+		ADD("virtio-rng-device,rng=rng0");
+	}
+#undef RNG_IF_SLOT5
 	return a;
 }
 

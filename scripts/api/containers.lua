@@ -395,7 +395,7 @@ api.route("GET", "/v1/containers/{id}/top", function(req)
         local uid = type(status) == "string" and tonumber(status:match("Uid:%s+(%d+)")) or 0
         local cmd = type(cmdline) == "string" and cmdline:gsub("%z$", ""):gsub("%z", " ") or ""
         local secs = ticks // 100
-        procs[#procs + 1] = { name, users[uid] or tostring(uid), fields[2] or "?",
+        procs[#procs + 1] = { name, users[uid] or tostring(uid), fields[1] or "?",
           string.format("%02d:%02d:%02d", secs // 3600, secs // 60 % 60, secs % 60),
           cmd ~= "" and cmd or ("[" .. (comm or "?") .. "]") }
       end
@@ -480,7 +480,7 @@ api.route("PUT", "/v1/containers/{id}/archive", function(req)
         check(vm.fs_write(vmid, target, e.data, { mode = e.mode }))
         n = n + 1
       elseif e.type == "symlink" then
-        check(vm.fs_symlink(vmid, e.link, target))
+        check(vm.fs_symlink(vmid, target, e.link))
       end
     end
   end)

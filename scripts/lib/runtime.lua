@@ -245,7 +245,9 @@ local function build_vm(c, img, undo)
   local cfg, rt = c.config, c.runtime
   local vmspec = {
     id = vm_id_for(c), name = vm_id_for(c),
-    vcpus = cfg.cpus, memory_mib = cfg.memory // MIB,
+    -- the container gets the memory it asked for (its cgroup limit); the VM has 64 MiB
+    -- more for the guest kernel and the agent
+    vcpus = cfg.cpus, memory_mib = cfg.memory // MIB + 64,
     disks = { { path = img.disk, readonly = true, serial = "lower" },
               { path = rt.upper, readonly = false, serial = "upper" } },
     shares = {}, nics = {}, mounts = {},
@@ -278,9 +280,21 @@ local function build_vm(c, img, undo)
       rt.ports[i] = { host_ip = p.host_ip, host_port = p.host_port, container_port = p.container_port, proto = p.proto }
     end
   end
-  vmspec.nics = { net.nic(c.id) or ep.nic }
-  vmspec.network = ep.boot
-  vmspec.agent = ep.agent
+  local nic = net.nic(c.id) or ep.nic
+  if nic.type == "user" then
+    -- rootless: the vm plugin adds its own forward for the agent; pass the published ones
+    local fwd = {}
+    for _, f in ipairs(nic.hostfwd or {}) do
+      if f.guest_port ~= (ep.agent and ep.agent.port or 1025) or f.host_port == 0 then
+        fwd[#fwd + 1] = { proto = f.proto, host_addr = f.host_ip, host_port = f.host_port, guest_port = f.guest_port }
+      end
+    end
+    nic = { type = "user", mac = nic.mac, restrict = nic.restrict, forwards = fwd }
+  end
+  vmspec.nics = { nic }
+  -- the guest's addresses (the vm plugin takes the MAC from the NIC itself)
+  vmspec.network = {}
+  for k, v in pairs(ep.boot or {}) do if k ~= "mac" then vmspec.network[k] = v end end
   return vmspec
 end
 
@@ -346,7 +360,7 @@ local function do_start(c, reason)
   local proc_spec = {
     id = "main", argv = cfg.argv, env = cfg.env, cwd = cfg.workdir, user = cfg.user,
     hostname = cfg.hostname or containers.short(c.id), tty = cfg.tty, stdin = cfg.stdin,
-    buffer = 4 * MIB,
+    buffer = 4 * MIB, memory_max = cfg.memory,
   }
   local r
   r, err, code = vm.run(rt.vm_id, proc_spec)
@@ -409,9 +423,10 @@ local function log_pump(id, stream)
   l.writer:flush(stream)
 end
 
-local function cpu_seconds(s)
-  return s.cpu_seconds or (s.cpu and (s.cpu.usage_seconds or (s.cpu.usage_usec and s.cpu.usage_usec / 1e6)))
-    or (s.cpu_usage_usec and s.cpu_usage_usec / 1e6) or 0
+local function sum(list, field)
+  local n = 0
+  for _, v in pairs(list or {}) do n = n + (tonumber(v[field]) or 0) end
+  return n
 end
 
 -- One normalised sample from vm.stats (cpu_percent relative to the previous sample).
@@ -419,27 +434,24 @@ function M.sample(c, prev)
   local s, err, code = vm.stats(c.runtime.vm_id)
   if not s then return nil, err, code end
   local now = timer.now()
-  local cpu = cpu_seconds(s)
-  local mem = s.memory or {}
-  local net_ = s.network or s.net or {}
-  local blk = s.block or s.blkio or {}
+  local cpu, mem, pids = s.cpu or {}, s.memory or {}, s.pids or {}
+  local limit = tonumber(mem.limit) or c.config.memory
   local out = {
     time = timer.time(),
     mono = now,
-    cpu_seconds = cpu,
-    memory_used = s.memory_used or mem.current or mem.used or 0,
-    memory_limit = s.memory_limit or mem.limit or mem.max or c.config.memory,
-    net_rx = s.net_rx or net_.rx_bytes or net_.rx or 0,
-    net_tx = s.net_tx or net_.tx_bytes or net_.tx or 0,
-    block_read = s.block_read or blk.read_bytes or blk.read or 0,
-    block_write = s.block_write or blk.write_bytes or blk.write or 0,
-    pids = s.pids or (type(s.processes) == "number" and s.processes) or 0,
-    uptime = s.uptime or (c.runtime.started_at and timer.time() - c.runtime.started_at) or 0,
+    cpu_seconds = (tonumber(cpu.usage_usec) or 0) / 1e6,
+    memory_used = tonumber(mem.current) or 0,
+    memory_limit = (limit and limit > 0) and limit or c.config.memory,
+    net_rx = sum(s.networks, "rx_bytes"),
+    net_tx = sum(s.networks, "tx_bytes"),
+    block_read = sum(s.block, "read_bytes"),
+    block_write = sum(s.block, "write_bytes"),
+    pids = tonumber(pids.current) or 0,
+    uptime = tonumber(s.uptime_s) or (c.runtime.started_at and timer.time() - c.runtime.started_at) or 0,
   }
-  if type(out.memory_limit) ~= "number" or out.memory_limit <= 0 then out.memory_limit = c.config.memory end
   out.memory_percent = out.memory_limit > 0 and (100 * out.memory_used / out.memory_limit) or 0
   if prev and now > prev.mono then
-    out.cpu_percent = math.max(0, 100 * (cpu - prev.cpu_seconds) / (now - prev.mono))
+    out.cpu_percent = math.max(0, 100 * (out.cpu_seconds - prev.cpu_seconds) / (now - prev.mono))
   else
     out.cpu_percent = 0
   end
