@@ -11,6 +11,8 @@ CHECKS=0
 
 cleanup() {
   local rc=$?
+  # a test may define on_cleanup (stop its fixtures, remove its networks) before ours
+  if declare -F on_cleanup >/dev/null; then on_cleanup || true; fi
   for p in "${PIDS[@]:-}"; do
     [ -n "$p" ] && kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true
   done

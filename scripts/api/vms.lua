@@ -238,3 +238,48 @@ sysinfo.add("acceleration", function()
 	local m = rawget(_G, "vm")
 	return m and m.acceleration() or { selected = json.null, reason = "vm plugin not loaded" }
 end)
+
+-- API documentation (scripts/lib/apidoc.lua -> /v1/openapi.json)
+local apidoc = require("apidoc")
+local T = { "vms" }
+local ERR = { [400] = true, [404] = true, [409] = true }
+local function doc(method, path, summary, extra)
+	local d = { summary = summary, tags = T, responses = { [200] = "VM", [404] = true, [409] = true } }
+	for k, v in pairs(extra or {}) do
+		d[k] = v
+	end
+	apidoc.add(method, path, d)
+end
+apidoc.schema("VM", { type = "object", description = "A microVM record (plugins/vm/README.md)",
+	properties = { id = { type = "string" }, name = { type = "string" }, state = { type = "string" },
+		pid = { type = "integer" }, spec = { type = "object" } } })
+doc("POST", "/v1/vms", "Create a microVM from a spec (\"start\": true also boots it)",
+	{ body = { type = "object", description = "vm.create's spec plus \"start\"" },
+		responses = { [201] = "VM", [400] = true, [409] = true } })
+doc("GET", "/v1/vms", "List microVMs",
+	{ responses = { [200] = { type = "array", items = { ["$ref"] = "#/components/schemas/VM" } } } })
+doc("GET", "/v1/vms/{id}", "Inspect a microVM (id or name)")
+doc("POST", "/v1/vms/{id}/start", "Boot a microVM and wait for its guest agent",
+	{ body = { type = "object", properties = { timeout = { type = "number" } } } })
+doc("POST", "/v1/vms/{id}/stop", "Stop a microVM (graceful, then forced after the timeout)",
+	{ query = { { name = "timeout", type = "number", desc = "seconds before the VM is killed" } } })
+doc("POST", "/v1/vms/{id}/kill", "Kill a microVM's QEMU at once")
+doc("POST", "/v1/vms/{id}/pause", "Pause a microVM's vCPUs")
+doc("POST", "/v1/vms/{id}/resume", "Resume a paused microVM")
+doc("DELETE", "/v1/vms/{id}", "Remove a microVM (force=1 kills a running one)", {
+	query = { { name = "force", type = "boolean", desc = "kill it first if it runs" } },
+	responses = { [204] = true, [404] = true, [409] = true } })
+doc("GET", "/v1/vms/{id}/console", "The tail of the serial console log", {
+	query = { { name = "tail", type = "integer", desc = "bytes from the end (default 65536)" } },
+	responses = { [200] = { type = "string" }, [404] = true } })
+doc("POST", "/v1/vms/{id}/run", "Start a long-running process through the guest agent", {
+	body = { type = "object", properties = { cmd = { type = "array", items = { type = "string" } },
+		id = { type = "string" }, env = {}, user = { type = "string" }, cwd = { type = "string" } } },
+	responses = { [201] = { type = "object" }, [400] = true, [404] = true, [409] = true } })
+doc("POST", "/v1/vms/{id}/exec", "Run a command to completion and return its output", {
+	body = { type = "object", properties = { cmd = { type = "array", items = { type = "string" } },
+		timeout = { type = "number" }, stdin = { type = "string" }, env = {}, user = { type = "string" },
+		cwd = { type = "string" } } },
+	responses = { [200] = { type = "object" }, [400] = ERR[400], [404] = true, [409] = true } })
+doc("GET", "/v1/vms/{id}/stats", "Guest and host statistics of a running microVM",
+	{ responses = { [200] = { type = "object" }, [404] = true, [409] = true } })

@@ -232,6 +232,7 @@ function M.inspect(c)
       exit_code = rt.exit_code, signal = rt.signal, oom_killed = rt.oom_killed == true,
       started_at = rt.started_at, finished_at = rt.finished_at,
       restart_count = rt.restart_count or 0, error = rt.error,
+      log_tail = (c.state ~= "running" and c.state ~= "paused") and rt.log_tail or nil,
       health = rt.health or (cfg.healthcheck and { status = "starting", failing_streak = 0, log = json.array() })
         or { status = "none" },
     },

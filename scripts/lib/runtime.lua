@@ -555,6 +555,10 @@ on_exit = function(id, vmid, st, err)
     if h then h:wait(5) end
   end
   teardown(c, "exit")
+  -- the last lines, so that a container that died at once explains itself in inspect
+  local tail = json.array()
+  for _, e in ipairs(logs.read(id, { tail = 10, since = rt.started_at })) do tail[#tail + 1] = e.line end
+  rt.log_tail = tail
   local reason = died and rt.error or string.format("exited with code %d%s", rt.exit_code,
     rt.oom_killed and " (out of memory)" or "")
   containers.transition(c, died and "error" or "stopped", reason,

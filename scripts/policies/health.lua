@@ -5,6 +5,7 @@
 -- check(c, ctx): ctx.exec(argv, timeout) runs a command in the container,
 -- ctx.record(status, entry) stores the health state ("starting", "healthy", "unhealthy")
 -- and ctx.restart(reason) restarts the container (its restart counter increases).
+-- Unhealthy applies the container's restart policy: with "no" it is only marked.
 local policy = require("policy")
 
 policy.register("health", {
@@ -28,7 +29,12 @@ policy.register("health", {
         streak = streak + 1
         if streak >= hc.retries then
           ctx.record("unhealthy", entry)
-          return ctx.restart(string.format("unhealthy: %d failed checks in a row", streak))
+          -- unhealthy applies the restart policy: with "no" the container only shows it
+          local policy_name = (c.config.restart or {}).name or "no"
+          if policy_name ~= "no" then
+            return ctx.restart(string.format("unhealthy: %d failed checks in a row", streak))
+          end
+          streak = 0 -- keep checking; it may recover
         end
         ctx.record(ctx.container().runtime.health.status or "starting", entry)
       end

@@ -6,7 +6,7 @@ Usage: images.py REGISTRY(127.0.0.1:PORT) [--prefix test]
   PREFIX/httpd     busybox with every applet, /www/index.html, and as its command
                    httpd -f -v -p 80 -h /www (a web server that logs each request)
   PREFIX/toolbox   the same busybox, command sh, a declared volume /data and a
-                   health check (wget on localhost:80)
+                   health check (nc to localhost:80)
 
 Prints a JSON summary (name -> reference) on stdout.
 """
@@ -59,7 +59,7 @@ def main():
     out["httpd"] = f"{a.registry}/{a.prefix}/httpd:latest"
     mkimg.push_image(reg, f"{a.prefix}/toolbox", "latest", [(layer, "gzip")],
                      cmd=["sh"], extra={"Volumes": {"/data": {}},
-                     "Healthcheck": {"Test": ["CMD-SHELL", "wget -q -O- http://127.0.0.1:80/ >/dev/null"],
+                     "Healthcheck": {"Test": ["CMD-SHELL", "echo | nc 127.0.0.1 80"],
                                      "Interval": 2_000_000_000, "Timeout": 2_000_000_000, "Retries": 2}})
     out["toolbox"] = f"{a.registry}/{a.prefix}/toolbox:latest"
     json.dump(out, sys.stdout)
