@@ -260,9 +260,13 @@ static bool opt_bool(lua_State *L, int idx, const char *k)
 	return b;
 }
 
+/* Raise unless the caller may wait here (a task, not inside db.transaction or a C
+ * callback). Called before any per-wait state is allocated. */
 static void need_task(lua_State *L, const char *fn)
 {
-	if (!lua_isyieldable(L))
+	if (MB_HOST_HAS(rp.host, wait_check))
+		rp.host->wait_check(L);
+	else if (!lua_isyieldable(L))
 		luaL_error(L, "registry.%s must be called from a task (it waits)", fn);
 }
 
@@ -568,7 +572,7 @@ static void background_gc(void)
 {
 	if (rp.shutting_down)
 		return;
-	if (rp.pulls || rp.loads || rp.eng->active || gc_running) {
+	if (rp.pulls || rp.loads || gc_running) {
 		gc_wanted = true; /* after the running pulls */
 		return;
 	}
@@ -587,7 +591,9 @@ static int l_gc(lua_State *L)
 	if (gc_running && current_gc && !current_gc->waiter) {
 		g = current_gc; /* a background collection is running: wait for it */
 	} else {
-		if (rp.pulls || rp.loads || rp.eng->active || gc_running)
+		/* finished pulls whose scratch trees are still being removed (eng->active)
+		 * do not count: their images are recorded, and tmp/ is then left alone */
+		if (rp.pulls || rp.loads || gc_running)
 			return fail_code(
 			    L, MBR_E_CONFLICT,
 			    "pulls, loads or a collection are running; try again later");
