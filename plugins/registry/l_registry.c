@@ -203,14 +203,27 @@ static void waiter_cancel(void *ud)
 }
 
 /* Credentials from opts.auth: a table {username,password} / {token} / {identitytoken}, or
- * an X-Registry-Auth string. 1 if found, 0 if absent; raises on wrong types. */
+ * an X-Registry-Auth string. Fills *c (caller clears) and returns 1 if found, 0 if absent,
+ * -1 for an X-Registry-Auth string that does not decode. Raises on wrong types, before
+ * anything is allocated. */
 static int opts_auth(lua_State *L, int idx, struct mbr_cred *c)
 {
+	static const char *const keys[] = { "username", "password", "token", "identitytoken" };
 	memset(c, 0, sizeof(*c));
 	if (lua_isnoneornil(L, idx))
 		return 0;
 	lua_getfield(L, idx, "auth");
 	int t = lua_type(L, -1);
+	if (t == LUA_TTABLE) {
+		for (int i = 0; i < 4; i++) {
+			int kt = lua_getfield(L, -1, keys[i]);
+			lua_pop(L, 1);
+			if (kt != LUA_TNIL && kt != LUA_TSTRING)
+				luaL_error(L, "registry: auth.%s must be a string", keys[i]);
+		}
+	} else if (t != LUA_TNIL && t != LUA_TSTRING) {
+		luaL_error(L, "registry: opts.auth must be a table or an X-Registry-Auth string");
+	}
 	int found = 0;
 	if (t == LUA_TSTRING) {
 		mb_err err;
@@ -220,21 +233,16 @@ static int opts_auth(lua_State *L, int idx, struct mbr_cred *c)
 		}
 		found = !mbr_cred_empty(c);
 	} else if (t == LUA_TTABLE) {
-		const char *keys[] = { "username", "password", "token", "identitytoken" };
 		char **dst[] = { &c->username, &c->password, &c->token, &c->token };
 		for (int i = 0; i < 4; i++) {
-			lua_getfield(L, -1, keys[i]);
-			if (lua_type(L, -1) == LUA_TSTRING && !*dst[i])
+			if (lua_getfield(L, -1, keys[i]) == LUA_TSTRING && !*dst[i]) {
 				*dst[i] = strdup(lua_tostring(L, -1));
-			else if (!lua_isnil(L, -1))
-				luaL_error(L, "registry: auth.%s must be a string", keys[i]);
-			if (i == 2 && *dst[i])
-				c->token_is_registry = true;
+				if (i == 2)
+					c->token_is_registry = true;
+			}
 			lua_pop(L, 1);
 		}
 		found = !mbr_cred_empty(c);
-	} else if (t != LUA_TNIL) {
-		luaL_error(L, "registry: opts.auth must be a table or an X-Registry-Auth string");
 	}
 	lua_pop(L, 1);
 	return found;
@@ -315,19 +323,23 @@ static int l_pull(lua_State *L)
 	    (platform && *platform))
 		snprintf(key + strlen(key), sizeof(key) - strlen(key), " %s/%s/%s", os, arch,
 		         variant);
+	struct mbr_cred cred;
+	int has = opts_auth(L, 2, &cred); /* may raise: before anything is allocated */
+	if (has < 0)
+		return fail_code(L, -EINVAL, "invalid X-Registry-Auth header");
 	struct rp_pull *rpp = NULL;
 	for (struct rp_pull *x = rp.pulls; x; x = x->next)
 		if (!strcmp(x->ref, key))
 			rpp = x;
-	if (!rpp) {
+	if (rpp) {
+		mbr_cred_clear(&cred); /* joins the running pull */
+	} else {
 		rpp = calloc(1, sizeof(*rpp));
-		if (!rpp)
+		if (!rpp) {
+			mbr_cred_clear(&cred);
 			return fail_code(L, -ENOMEM, "out of memory");
-		int has = opts_auth(L, 2, &rpp->cred);
-		if (has < 0) {
-			free(rpp);
-			return fail_code(L, -EINVAL, "invalid X-Registry-Auth header");
 		}
+		rpp->cred = cred; /* moved */
 		if (!has)
 			rp_cred_lookup(r.domain, &rpp->cred);
 		snprintf(rpp->ref, sizeof(rpp->ref), "%s", key);

@@ -285,6 +285,7 @@ return {
 		fails(function() registry.pull({}) end)
 		fails(function() registry.pull(REG .. "/x", { auth = 5 }) end)
 		fails(function() registry.pull(REG .. "/x", { auth = { username = 1 } }) end)
+		fails(function() registry.pull(REG .. "/x", { auth = { username = "u", password = 5 } }) end)
 	end,
 
 	t11_registry_down = function()
