@@ -51,10 +51,12 @@ struct gc_job {
 };
 
 struct login_job {
+	struct login_job *next; /* in logins_running */
 	struct rp_waiter *waiter;
-	mbr_req *req;
+	mbr_req *req; /* while verifying a login */
 	char registry[300];
 	struct mbr_cred cred;
+	bool logout;
 };
 
 static bool gc_wanted;  /* a removal asked for a collection while pulls were running */
@@ -91,7 +93,7 @@ static void run_deferred(void)
 		d = n;
 	}
 }
-static struct login_job *logins_running[16];
+static struct login_job *logins_running; /* logins and logouts under way */
 
 static int push_fail(lua_State *L, const mb_err *err)
 {
@@ -796,12 +798,40 @@ static int l_load(lua_State *L)
 
 static void login_free(struct login_job *lj)
 {
-	for (size_t i = 0; i < sizeof(logins_running) / sizeof(logins_running[0]); i++)
-		if (logins_running[i] == lj)
-			logins_running[i] = NULL;
+	for (struct login_job **pp = &logins_running; *pp; pp = &(*pp)->next)
+		if (*pp == lj) {
+			*pp = lj->next;
+			break;
+		}
 	mbr_cred_clear(&lj->cred);
 	free(lj);
 	rp.host->hold(rp.self, -1);
+}
+
+/* The end of a login or logout: the caller (if still waiting) gets true or the error. */
+static void login_finish(struct login_job *lj, const mb_err *err)
+{
+	if (lj->waiter) {
+		lua_State *T = rp.host->wait_thread(lj->waiter->w);
+		if (err) {
+			rp.host->wait_done(lj->waiter->w, push_fail(T, err));
+		} else {
+			lua_pushboolean(T, 1);
+			rp.host->wait_done(lj->waiter->w, 1);
+		}
+		free(lj->waiter);
+	}
+	if (!err && lj->logout)
+		rp_emit("registry.logout", json_pack("{s:s}", "registry", lj->registry));
+	else if (!err)
+		rp_emit("registry.login", json_pack("{s:s,s:s}", "registry", lj->registry,
+		                                    "username", lj->cred.username));
+	login_free(lj);
+}
+
+static void login_saved(void *arg, const mb_err *err)
+{
+	login_finish(arg, err);
 }
 
 static void login_done(mbr_req *r, const mb_err *e, void *arg)
@@ -810,29 +840,44 @@ static void login_done(mbr_req *r, const mb_err *e, void *arg)
 	mb_err err = { 0 };
 	mbr_req_free(r);
 	lj->req = NULL;
-	if (!e)
-		rp_cred_store(lj->registry, lj->cred.username, lj->cred.password, &err);
-	else
-		err = *e;
-	if (lj->waiter) {
-		lua_State *T = rp.host->wait_thread(lj->waiter->w);
-		if (err.code) {
-			rp.host->wait_done(lj->waiter->w, push_fail(T, &err));
-		} else {
-			lua_pushboolean(T, 1);
-			rp.host->wait_done(lj->waiter->w, 1);
-		}
-		free(lj->waiter);
-	}
-	if (!err.code)
-		rp_emit("registry.login", json_pack("{s:s,s:s}", "registry", lj->registry,
-		                                    "username", lj->cred.username));
-	login_free(lj);
+	if (e)
+		login_finish(lj, e);
+	else if (rp_cred_store(lj->registry, lj->cred.username, lj->cred.password, login_saved, lj,
+	                       &err) < 0)
+		login_finish(lj, &err);
+}
+
+/* A job for login/logout, tracked for shutdown; NULL on OOM. */
+static struct login_job *login_new(const char *key, bool logout)
+{
+	struct login_job *lj = calloc(1, sizeof(*lj));
+	if (!lj)
+		return NULL;
+	snprintf(lj->registry, sizeof(lj->registry), "%s", key);
+	lj->logout = logout;
+	rp.host->hold(rp.self, 1);
+	lj->next = logins_running;
+	logins_running = lj;
+	return lj;
+}
+
+/* Suspend the calling task until lj finishes. */
+static int login_wait(lua_State *L, struct login_job *lj)
+{
+	struct rp_waiter *w = calloc(1, sizeof(*w));
+	if (!w)
+		return luaL_error(L, "out of memory");
+	w->kind = W_LOGIN;
+	w->job = lj;
+	lj->waiter = w;
+	w->w = rp.host->wait_begin(L, waiter_cancel, w);
+	return rp.host->wait_yield(L, w->w, NULL, 0);
 }
 
 /* registry.login(registry, username, password [, {verify=true, insecure=}]) -> true
  *   | nil, msg, code   [-3|4, +1|3, e]; yields while checking the credentials against the
- * registry (GET /v2/). Stored 0600 under the state dir; never returned by any call. */
+ * registry (GET /v2/) and until they are stored (0600 under the state dir). They are never
+ * returned by any call. */
 static int l_login(lua_State *L)
 {
 	const char *reg = luaL_checkstring(L, 1);
@@ -840,6 +885,7 @@ static int l_login(lua_State *L)
 	const char *pass = luaL_checkstring(L, 3);
 	if (!lua_isnoneornil(L, 4))
 		luaL_checktype(L, 4, LUA_TTABLE);
+	need_task(L, "login");
 	mb_err err = { 0 };
 	char key[300];
 	if (mbr_registry_key(reg, key, sizeof(key)) < 0 || !*user)
@@ -851,19 +897,22 @@ static int l_login(lua_State *L)
 			verify = lua_toboolean(L, -1);
 		lua_pop(L, 1);
 	}
-	if (!verify) {
-		if (rp_cred_store(key, user, pass, &err) < 0)
-			return push_fail(L, &err);
-		lua_pushboolean(L, 1);
-		return 1;
-	}
-	need_task(L, "login");
-	struct login_job *lj = calloc(1, sizeof(*lj));
+	struct login_job *lj = login_new(key, false);
 	if (!lj)
 		return fail_code(L, -ENOMEM, "out of memory");
-	snprintf(lj->registry, sizeof(lj->registry), "%s", key);
 	lj->cred.username = strdup(user);
 	lj->cred.password = strdup(pass);
+	if (!lj->cred.username || !lj->cred.password) {
+		login_free(lj);
+		return fail_code(L, -ENOMEM, "out of memory");
+	}
+	if (!verify) {
+		if (rp_cred_store(key, user, pass, login_saved, lj, &err) < 0) {
+			login_free(lj);
+			return push_fail(L, &err);
+		}
+		return login_wait(L, lj);
+	}
 	struct mbr_ref r = { 0 };
 	snprintf(r.domain, sizeof(r.domain), "%.255s", key);
 	const char *host = mbr_ref_api_host(&r);
@@ -871,35 +920,32 @@ static int l_login(lua_State *L)
 	snprintf(url, sizeof(url), "%s://%s/v2/",
 	         mbr_client_scheme(rp.eng->client, key, opt_bool(L, 4, "insecure")), host);
 	struct mbr_req_opts o = { .url = url, .cred = &lj->cred, .host = host, .scope = "" };
-	rp.host->hold(rp.self, 1);
 	lj->req = mbr_req_start(rp.eng->client, &o, login_done, lj, &err);
 	if (!lj->req) {
 		login_free(lj);
 		return push_fail(L, &err);
 	}
-	for (size_t i = 0; i < sizeof(logins_running) / sizeof(logins_running[0]); i++)
-		if (!logins_running[i]) {
-			logins_running[i] = lj;
-			break;
-		}
-	struct rp_waiter *w = calloc(1, sizeof(*w));
-	if (!w)
-		return luaL_error(L, "out of memory");
-	w->kind = W_LOGIN;
-	w->job = lj;
-	lj->waiter = w;
-	w->w = rp.host->wait_begin(L, waiter_cancel, w);
-	return rp.host->wait_yield(L, w->w, NULL, 0);
+	return login_wait(L, lj);
 }
 
-/* registry.logout(registry) -> true | nil, msg, code   [-1, +1|3, e] */
+/* registry.logout(registry) -> true | nil, msg, code   [-1, +1|3, e]; yields until the
+ * credentials are gone from the file too. */
 static int l_logout(lua_State *L)
 {
+	const char *reg = luaL_checkstring(L, 1);
+	need_task(L, "logout");
 	mb_err err = { 0 };
-	if (rp_cred_forget(luaL_checkstring(L, 1), &err) < 0)
+	char key[300];
+	if (mbr_registry_key(reg, key, sizeof(key)) < 0)
+		return fail_code(L, -EINVAL, "invalid registry name");
+	struct login_job *lj = login_new(key, true);
+	if (!lj)
+		return fail_code(L, -ENOMEM, "out of memory");
+	if (rp_cred_forget(key, login_saved, lj, &err) < 0) {
+		login_free(lj);
 		return push_fail(L, &err);
-	lua_pushboolean(L, 1);
-	return 1;
+	}
+	return login_wait(L, lj);
 }
 
 /* registry.logins() -> {{registry=, username=}...}  (never passwords)   [-0, +1, e] */
@@ -1016,10 +1062,9 @@ void rp_lua_shutdown(void)
 		free(d);
 		d = n;
 	}
-	for (size_t i = 0; i < sizeof(logins_running) / sizeof(logins_running[0]); i++) {
-		struct login_job *lj = logins_running[i];
-		if (!lj)
-			continue;
+	while (logins_running) {
+		struct login_job *lj = logins_running;
+		logins_running = lj->next;
 		if (lj->req)
 			mbr_req_cancel(lj->req);
 		if (lj->waiter) {
@@ -1027,7 +1072,6 @@ void rp_lua_shutdown(void)
 			rp.host->wait_done(lj->waiter->w, push_fail(T, &err));
 			free(lj->waiter);
 		}
-		logins_running[i] = NULL;
 		mbr_cred_clear(&lj->cred);
 		free(lj);
 	}

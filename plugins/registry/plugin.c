@@ -92,6 +92,16 @@ int rp_cred_lookup(const char *registry, struct mbr_cred *c)
 	return -ENOENT;
 }
 
+/* Saving auth.json: one write at a time, on a worker (temp file + fsync + rename, 0600).
+ * A change made while a write runs is written by the next one, so the file always ends
+ * with the newest state and writes never race. Callers are told once a write that
+ * includes their change is on disk. */
+struct save_waiter {
+	struct save_waiter *next;
+	rp_saved_fn fn;
+	void *arg;
+};
+
 struct save_job {
 	char *path;
 	char *text;
@@ -99,11 +109,30 @@ struct save_job {
 	mb_err err;
 };
 
+static struct {
+	bool running;                        /* a write is on a worker */
+	bool again;                          /* changed meanwhile: write again after it */
+	struct save_waiter *covered, *later; /* told after this write / after the next */
+} S;
+
+static void notify_saved(struct save_waiter *w, const mb_err *err)
+{
+	while (w) {
+		struct save_waiter *n = w->next;
+		if (w->fn)
+			w->fn(w->arg, err);
+		free(w);
+		w = n;
+	}
+}
+
 static void save_work(void *arg)
 {
 	struct save_job *j = arg;
 	j->rc = mbr_write_file_atomic(j->path, j->text, strlen(j->text), 0600, &j->err);
 }
+
+static void start_save(void);
 
 static void save_done(void *arg)
 {
@@ -113,26 +142,82 @@ static void save_done(void *arg)
 	explicit_bzero(j->text, strlen(j->text));
 	free(j->text);
 	free(j->path);
+	struct save_waiter *w = S.covered;
+	S.covered = NULL;
+	S.running = false;
+	notify_saved(w, j->rc < 0 ? &j->err : NULL);
 	free(j);
-}
-
-static int save_auths(mb_err *err)
-{
-	struct save_job *j = calloc(1, sizeof(*j));
-	if (!j)
-		return mb_err_set(err, -ENOMEM, "out of memory");
-	j->path = strdup(rp.auth_path);
-	j->text = json_dumps(rp.auths, JSON_INDENT(1));
-	if (!j->path || !j->text || rp.host->work(save_work, save_done, j, err) < 0) {
-		free(j->path);
-		free(j->text);
-		free(j);
-		return err && err->code ? err->code : mb_err_set(err, -ENOMEM, "out of memory");
+	if (S.again && !rp.shutting_down && rp.auths) {
+		S.again = false;
+		S.covered = S.later;
+		S.later = NULL;
+		start_save();
 	}
-	return 0;
 }
 
-int rp_cred_store(const char *registry, const char *user, const char *pass, mb_err *err)
+static void start_save(void)
+{
+	mb_err err = { 0 };
+	struct save_job *j = calloc(1, sizeof(*j));
+	if (j) {
+		j->path = strdup(rp.auth_path);
+		j->text = json_dumps(rp.auths, JSON_INDENT(1));
+	}
+	if (!j || !j->path || !j->text || rp.host->work(save_work, save_done, j, &err) < 0) {
+		if (!err.code)
+			mb_err_set(&err, -ENOMEM, "out of memory");
+		if (j) {
+			if (j->text)
+				explicit_bzero(j->text, strlen(j->text));
+			free(j->text);
+			free(j->path);
+			free(j);
+		}
+		struct save_waiter *w = S.covered;
+		S.covered = NULL;
+		notify_saved(w, &err);
+		return;
+	}
+	S.running = true;
+}
+
+/* Write rp.auths out; fn(arg, err) runs once it is on disk (err NULL) or failed. */
+static void save_auths(rp_saved_fn fn, void *arg)
+{
+	struct save_waiter *w = calloc(1, sizeof(*w));
+	if (w) {
+		w->fn = fn;
+		w->arg = arg;
+	} else if (fn) {
+		mb_err err;
+		mb_err_set(&err, -ENOMEM, "out of memory");
+		fn(arg, &err);
+	}
+	if (S.running) {
+		S.again = true;
+		if (w) {
+			w->next = S.later;
+			S.later = w;
+		}
+		return;
+	}
+	if (w) {
+		w->next = S.covered;
+		S.covered = w;
+	}
+	start_save();
+}
+
+void rp_cred_cancel_saves(void)
+{
+	for (struct save_waiter *w = S.covered; w; w = w->next)
+		w->fn = NULL;
+	for (struct save_waiter *w = S.later; w; w = w->next)
+		w->fn = NULL;
+}
+
+int rp_cred_store(const char *registry, const char *user, const char *pass, rp_saved_fn fn,
+                  void *arg, mb_err *err)
 {
 	char key[300];
 	if (mbr_registry_key(registry, key, sizeof(key)) < 0)
@@ -149,10 +234,11 @@ int rp_cred_store(const char *registry, const char *user, const char *pass, mb_e
 	json_object_set_new(auths, key, json_pack("{s:s}", "auth", b64));
 	explicit_bzero(b64, strlen(b64));
 	free(b64);
-	return save_auths(err);
+	save_auths(fn, arg);
+	return 0;
 }
 
-int rp_cred_forget(const char *registry, mb_err *err)
+int rp_cred_forget(const char *registry, rp_saved_fn fn, void *arg, mb_err *err)
 {
 	char key[300];
 	if (mbr_registry_key(registry, key, sizeof(key)) < 0)
@@ -160,7 +246,8 @@ int rp_cred_forget(const char *registry, mb_err *err)
 	json_t *auths = json_object_get(rp.auths, "auths");
 	if (json_object_del(auths, key) < 0)
 		return mb_err_set(err, -ENOENT, "not logged in to %s", key);
-	return save_auths(err);
+	save_auths(fn, arg);
+	return 0;
 }
 
 json_t *rp_cred_list(void)
@@ -267,6 +354,7 @@ static void reg_fini(mb_plugin *self)
 {
 	rp.shutting_down = true;
 	rp_lua_shutdown(); /* cancels pulls and loads */
+	rp_cred_cancel_saves();
 	if (rp.eng && rp.eng->active > 0) {
 		/* worker jobs of cancelled pulls still point into the engine: leave it (and rp)
 		 * alone rather than free memory a worker may touch; the process is exiting */
