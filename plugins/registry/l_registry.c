@@ -164,8 +164,12 @@ static void pull_done(mbr_pull *p, const struct mbr_pull_result *res, const mb_e
 			mb_err_set(&e2, -EIO, "image recorded but not readable");
 		if (rec)
 			rp_emit("image.pull.done",
-			        json_pack("{s:s,s:s,s:s,s:b}", "reference", res->reference, "id",
-			                  res->id, "disk", res->disk, "cached", res->cached));
+			        json_pack("{s:s,s:s,s:s,s:b,s:s}", "reference", res->reference,
+			                  "id", res->id, "disk", res->disk, "cached", res->cached,
+			                  "scratch",
+			                  res->cached        ? ""
+			                  : res->ram_scratch ? "ram"
+			                                     : "disk"));
 	} else {
 		e2 = *err;
 	}
@@ -981,7 +985,7 @@ static int l_parse(lua_State *L)
 }
 
 /* registry.configure{insecure={"host:port",...}, parallel=n, allow_devices=b,
- *   mkfs_options="...", retries=n} -> true   [-1, +1, e] */
+ *   mkfs_options="...", retries=n, scratch="auto"|"disk"|"/dir"} -> true   [-1, +1, e] */
 static int l_configure(lua_State *L)
 {
 	luaL_checktype(L, 1, LUA_TTABLE);
@@ -1013,6 +1017,13 @@ static int l_configure(lua_State *L)
 	lua_getfield(L, 1, "allow_devices");
 	if (!lua_isnil(L, -1))
 		rp.eng->unpack.allow_devices = lua_toboolean(L, -1);
+	lua_pop(L, 1);
+	lua_getfield(L, 1, "scratch");
+	if (!lua_isnil(L, -1)) {
+		mb_err err = { 0 };
+		if (mbr_engine_set_scratch(rp.eng, luaL_checkstring(L, -1), &err) < 0)
+			return luaL_error(L, "registry.configure: %s", err.msg);
+	}
 	lua_pop(L, 1);
 	lua_getfield(L, 1, "mkfs_options");
 	if (!lua_isnil(L, -1))

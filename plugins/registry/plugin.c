@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ref.h"
@@ -304,6 +305,45 @@ static void load_credentials(void)
 	free(dc);
 }
 
+/* At start-up, scratch trees and imports an earlier process left behind (in images/tmp and
+ * in the RAM scratch directory) are removed on a worker; anything made after start-up is
+ * newer and stays. Counted in eng->active, so that fini leaves the engine alone meanwhile. */
+struct sweep_job {
+	int64_t before;
+	struct mbr_gc_stats st;
+};
+
+static void sweep_work(void *arg)
+{
+	struct sweep_job *j = arg;
+	mbr_store_sweep_tmp(rp.eng->store, j->before, &j->st);
+}
+
+static void sweep_done(void *arg)
+{
+	struct sweep_job *j = arg;
+	if (j->st.tmp_removed)
+		rp_log(MB_LOG_INFO, "registry: removed %llu leftovers of an earlier run from tmp",
+		       (unsigned long long)j->st.tmp_removed);
+	rp.eng->active--;
+	free(j);
+}
+
+static void sweep_leftovers(void)
+{
+	struct sweep_job *j = calloc(1, sizeof(*j));
+	mb_err err = { 0 };
+	if (!j)
+		return;
+	j->before = (int64_t)time(NULL);
+	rp.eng->active++;
+	if (rp.host->work(sweep_work, sweep_done, j, &err) < 0) {
+		rp.eng->active--;
+		free(j);
+		rp_log(MB_LOG_WARN, "registry: cannot sweep tmp: %s", err.msg);
+	}
+}
+
 static int reg_init(const struct mb_host *host, mb_plugin *self, mb_err *err)
 {
 	memset(&rp, 0, sizeof(rp));
@@ -339,7 +379,9 @@ static int reg_init(const struct mb_host *host, mb_plugin *self, mb_err *err)
 	load_credentials();
 	if ((r = rdb_migrate(err)) < 0)
 		goto out;
-	r = rp_lua_register(err);
+	if ((r = rp_lua_register(err)) < 0)
+		goto out;
+	sweep_leftovers();
 out:
 	free(images);
 	free(regdir);
@@ -377,9 +419,10 @@ static json_t *reg_info(mb_plugin *self)
 	int n = 0;
 	for (struct rp_pull *p = rp.pulls; p; p = p->next)
 		n++;
-	return json_pack("{s:s,s:i,s:i,s:i,s:s}", "store", rp.eng ? rp.eng->store->root : "",
+	return json_pack("{s:s,s:i,s:i,s:i,s:s,s:s}", "store", rp.eng ? rp.eng->store->root : "",
 	                 "pulls", n, "loads", rp.loads, "parallel", rp.eng ? rp.eng->parallel : 0,
-	                 "disk_format", "erofs");
+	                 "disk_format", "erofs", "ram_scratch",
+	                 rp.eng && rp.eng->store->ram_tmp ? rp.eng->store->ram_tmp : "");
 }
 
 MB_PLUGIN_DEFINE("registry", "0.1.0",

@@ -223,30 +223,44 @@ wait "$cut_curl" || true
 expect_eq "SIGTERM during a pull exits 0" "$rc" 0
 check "only resumable partial downloads are left in images/tmp" bash -c \
   "ls '$MAIN_STATE/images/tmp' | grep -q '\.partial$' && ! ls '$MAIN_STATE/images/tmp' | grep -qv '\.partial$'"
+ram_dir=/dev/shm/moonbox-$(printf %s "$MAIN_STATE/images" | sha256sum | cut -c1-16)
+# what a crashed daemon would leave: scratch trees on disk and in RAM (swept at start-up)
+mkdir -p "$MAIN_STATE/images/tmp/unpack-stale/rootfs/etc" "$ram_dir/unpack-stale/rootfs"
+touch -d '1 minute ago' "$MAIN_STATE/images/tmp/unpack-stale" "$ram_dir/unpack-stale"
 n_ranges=$(grep -c "range=bytes=" "$TMP/slow.log" || true)
 start_daemon main --scripts "$OPS" --log-level debug
+check "scratch trees of an earlier run are swept at start-up (disk and RAM)" bash -c \
+  "for i in \$(seq 50); do ! test -e '$MAIN_STATE/images/tmp/unpack-stale' && ! test -e '$ram_dir/unpack-stale' && exit 0; sleep 0.1; done; exit 1"
+check "... while the partial download stays" bash -c "ls '$MAIN_STATE/images/tmp' | grep -q '\.partial$'"
 expect_eq "no image was recorded for the cut pull" \
   "$(call GET "/v1/images/$(field plain zstd.config)" | status_of)" 404
 out=$(call POST "/v1/images/pull?stream=0" -d "{\"reference\":\"$SLOW/test/zstd\"}")
 expect_eq "after a restart the pull completes" "$(status_of <<<"$out") $(body_of <<<"$out" | jq -r .id)" "200 $(field plain zstd.config)"
 check "... resuming the partial download with Range" test "$(grep -c "range=bytes=" "$TMP/slow.log")" -gt "$n_ranges"
-check "... and images/tmp is empty again" bash -c "for i in \$(seq 50); do [ -z \"\$(ls -A '$MAIN_STATE/images/tmp')\" ] && exit 0; sleep 0.1; done; exit 1"
+check "... and images/tmp and the RAM scratch are empty again" bash -c "for i in \$(seq 50); do [ -z \"\$(find '$MAIN_STATE/images/tmp' '$ram_dir' -mindepth 1 2>/dev/null)\" ] && exit 0; sleep 0.1; done; exit 1"
 stop_daemon
 
 # --- disk full mid-pull: 507, nothing recorded ------------------------------------------------
+# images/ on a 2 MiB tmpfs: the blobs fit, the rest does not. With the unpacked tree in RAM
+# (the default) mkfs.erofs runs out of room; with scratch="disk" the unpacking does.
 mkdir -p "$TMP/small"
-if mount -t tmpfs -o size=3m tmpfs "$TMP/small" 2>/dev/null; then
+if mount -t tmpfs -o size=2m tmpfs "$TMP/small" 2>/dev/null; then
   trap 'rc=$?; set +e; umount "$TMP/small" 2>/dev/null; (exit $rc); cleanup' EXIT
-  mkdir -p "$TMP/full/state"
-  ln -s "$TMP/small" "$TMP/full/state/images"
-  start_daemon full
-  out=$(call POST "/v1/images/pull?stream=0" -d "{\"reference\":\"$REG_plain/test/multi\"}")
-  expect_eq "disk full mid-pull is 507 no_space" "$(status_of <<<"$out") $(code_of <<<"$out")" "507 no_space"
-  out=$(call POST "/v1/images/pull" -d "{\"reference\":\"$REG_plain/test/multi\"}")
-  expect_eq "... streamed: the error object says 507" "$(body_of <<<"$out" | sed "/^$/d" | tail -n1 | jq -r '.error.code + " " + (.error.status | tostring)')" "no_space 507"
-  expect_eq "... and no image is recorded" "$(call GET /v1/images | body_of)" "[]"
-  check "... no disk, no scratch tree" bash -c "for i in \$(seq 50); do ! ls '$TMP/small/disks' | grep -q . && ! ls '$TMP/small/tmp' | grep -qv '\.partial$' && exit 0; sleep 0.1; done; exit 1"
-  stop_daemon
+  mkdir -p "$TMP/disk-ops"
+  echo 'registry.configure({ scratch = "disk" })' >"$TMP/disk-ops/scratch.lua"
+  for mode in ram disk; do
+    rm -rf "$TMP/full" && mkdir -p "$TMP/full/state"
+    find "$TMP/small" -mindepth 1 -delete
+    ln -s "$TMP/small" "$TMP/full/state/images"
+    if [ "$mode" = disk ]; then start_daemon full --scripts "$TMP/disk-ops"; else start_daemon full; fi
+    out=$(call POST "/v1/images/pull?stream=0" -d "{\"reference\":\"$REG_plain/test/multi\"}")
+    expect_eq "disk full mid-pull ($mode scratch) is 507 no_space" "$(status_of <<<"$out") $(code_of <<<"$out")" "507 no_space"
+    out=$(call POST "/v1/images/pull" -d "{\"reference\":\"$REG_plain/test/multi\"}")
+    expect_eq "... streamed: the error object says 507" "$(body_of <<<"$out" | sed "/^$/d" | tail -n1 | jq -r '.error.code + " " + (.error.status | tostring)')" "no_space 507"
+    expect_eq "... and no image is recorded" "$(call GET /v1/images | body_of)" "[]"
+    check "... no disk, no scratch tree" bash -c "for i in \$(seq 50); do ! ls '$TMP/small/disks' | grep -q . && ! ls '$TMP/small/tmp' | grep -qv '\.partial$' && exit 0; sleep 0.1; done; exit 1"
+    stop_daemon
+  done
   umount "$TMP/small"
 else
   echo "# skip - disk full (cannot mount a tmpfs)"

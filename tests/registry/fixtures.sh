@@ -117,7 +117,11 @@ for mode in "${modes[@]}"; do
 	lua)
 		start_front
 		export REG_redirect MBR_STATE="$FIXTURE_DIR/lua-state"
-		mkdir -p "$MBR_STATE"
+		mkdir -p "$MBR_STATE" "$FIXTURE_DIR/ram-tiny"
+		# a RAM scratch with room for bytes but only 8 inodes (needs mount rights)
+		if mount -t tmpfs -o size=512m,nr_inodes=8,mode=0700 tmpfs "$FIXTURE_DIR/ram-tiny" 2>/dev/null; then
+			export RAM_TINY="$FIXTURE_DIR/ram-tiny"
+		fi
 		if HOME="$FIXTURE_DIR/home" "$MOONBOX" test --state-dir "$MBR_STATE" --timeout 300 \
 			"$here/registry_test.lua" >"$FIXTURE_DIR/lua.out" 2>&1; then
 			pass=$((pass + 1))

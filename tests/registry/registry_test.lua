@@ -8,6 +8,9 @@ local FRONT = os.getenv("REG_redirect") -- 503 twice, then 307 to REG_plain; log
 local FIX, STATE = os.getenv("FIXTURE_DIR"), os.getenv("MBR_STATE")
 local IMAGES = STATE and (STATE .. "/images")
 local ESCAPE = "/tmp/moonbox-fixture-escape"
+local RAM_TINY = os.getenv("RAM_TINY") -- a tmpfs with room for bytes but only 8 inodes
+-- unpacked trees go to RAM when /dev/shm is a tmpfs and they fit (plugins/registry/README.md)
+local RAM = STATE and ("/dev/shm/moonbox-" .. moonbox.sha256(STATE .. "/images"):sub(1, 16))
 
 if not (REG and BASIC and TOKEN and FRONT and FIX and STATE) then
 	return {
@@ -49,6 +52,9 @@ local function tmp_entries()
 	local out = {}
 	for _, n in ipairs(fs.list(IMAGES .. "/tmp") or {}) do
 		out[#out + 1] = n
+	end
+	for _, n in ipairs(fs.list(RAM) or {}) do
+		out[#out + 1] = "(ram) " .. n
 	end
 	return out
 end
@@ -176,6 +182,9 @@ return {
 		eq(#done, 1)
 		eq(done[1].cached, false)
 		eq(done[1].id, img.id)
+		local _, fstype = sh({ "stat", "-f", "-c", "%T", "/dev/shm" })
+		eq(done[1].scratch, fstype == "tmpfs" and "ram" or "disk", "where the tree was unpacked")
+		settled()
 	end,
 
 	t05_pull_again_is_cached = function()
@@ -227,6 +236,32 @@ return {
 		end)
 		close()
 		ok(good, err)
+	end,
+
+	-- the RAM scratch runs out of inodes (ENOSPC) halfway: the pull starts its unpacking
+	-- over on disk and succeeds
+	t07_ram_full_falls_back_to_disk = function()
+		if not RAM_TINY then
+			skip("no small tmpfs (RAM_TINY)")
+		end
+		local from = since()
+		registry.configure({ scratch = RAM_TINY })
+		local r, msg = registry.pull(REG .. "/test/zstd")
+		registry.configure({ scratch = "auto" })
+		ok(r, "pull with a RAM scratch that fills up", msg)
+		local done = evs("image.pull.done", from)
+		eq(done[#done].scratch, "disk")
+		local tiny = fs.list(RAM_TINY) or {}
+		eq(#tiny, 1, "only the per-store directory is left in the small tmpfs")
+		eq(fs.list(RAM_TINY .. "/" .. tiny[1]), {}, "and it is empty")
+		local t, close = open_disk(r.disk)
+		local good, err = pcall(function()
+			ok(fs.exists(t .. "/bin/busybox") or fs.exists(t .. "/bin/sh"), "the tree is complete")
+			ok(fs.exists(t .. "/zstd/hello") or #fs.list(t) > 3, "with every layer")
+		end)
+		close()
+		ok(good, err)
+		settled()
 	end,
 
 	t08_more_formats = function()
