@@ -842,10 +842,12 @@ static void login_done(mbr_req *r, const mb_err *e, void *arg)
 {
 	struct login_job *lj = arg;
 	mb_err err = { 0 };
+	if (e)
+		err = *e; /* e may point into r */
 	mbr_req_free(r);
 	lj->req = NULL;
 	if (e)
-		login_finish(lj, e);
+		login_finish(lj, &err);
 	else if (rp_cred_store(lj->registry, lj->cred.username, lj->cred.password, login_saved, lj,
 	                       &err) < 0)
 		login_finish(lj, &err);

@@ -691,14 +691,18 @@ static void blob_done(mbr_req *r, const mb_err *e, void *arg)
 	size_t idx = ctx->layer;
 	l->req = NULL;
 	l->req_ctx = NULL;
-	mbr_req_free(r);
-	job_free(ctx);
+	/* e may point into r (a write error of ours): copy it before r goes */
+	mb_err err = { 0 };
 	if (e) {
-		mb_err err = *e;
+		err = *e;
 		if (e->code == MBR_E_NOT_FOUND)
 			mb_err_set(&err, MBR_E_NOT_FOUND, "layer %s: %s", l->d.digest, e->msg);
 		else if (e->code == -EBADMSG)
 			mb_err_set(&err, MBR_E_CORRUPT, "layer %s: %s", l->d.digest, e->msg);
+	}
+	mbr_req_free(r);
+	job_free(ctx);
+	if (e) {
 		fail(p, &err);
 		unref(p);
 		return;
