@@ -78,6 +78,7 @@ struct mbr_pull {
 	bool mkfs_started;
 	bool mkfs_running;
 	bool rm_pending; /* remove the scratch tree once the job using it is back */
+	bool making;     /* the job creating the scratch directories is on a worker */
 	bool scratch_gone;
 	char *scratch;     /* under the store's tmp/: holds disk.erofs (and rootfs/ on disk) */
 	char *ram_scratch; /* NULL, or under store->ram_tmp: holds rootfs/ */
@@ -337,7 +338,7 @@ static void stop_everything(mbr_pull *p, bool drop_partials)
 			l->w = NULL;
 		}
 	}
-	if (p->unpacking || p->mkfs_running)
+	if (p->unpacking || p->mkfs_running || p->making)
 		p->rm_pending = true; /* a worker or mkfs still writes there */
 	else
 		remove_scratch(p);
@@ -902,12 +903,16 @@ static void scratch_done(void *arg)
 {
 	struct job *j = arg;
 	mbr_pull *p = j->p;
+	p->making = false;
 	if (p->ram_scratch && !j->len) { /* could not make it: unpack on disk */
 		free(p->ram_scratch);
 		p->ram_scratch = NULL;
 		ram_release(p);
 	}
-	if (!p->finished) {
+	if (p->finished) {
+		if (p->rm_pending)
+			remove_scratch(p);
+	} else {
 		char *root = mbr_sprintf("%s/rootfs", p->ram_scratch ? p->ram_scratch : p->scratch);
 		free(p->rootfs);
 		p->rootfs = root;
@@ -1033,7 +1038,7 @@ static void have_config(mbr_pull *p)
 		j->path = strdup(p->scratch);
 		j->path2 = p->ram_scratch ? strdup(p->ram_scratch) : NULL;
 	}
-	queue(p, j, scratch_work, scratch_done);
+	p->making = queue(p, j, scratch_work, scratch_done);
 }
 
 static int setup_layers(mbr_pull *p, mb_err *err)
