@@ -61,6 +61,9 @@ expect_eq "the stream ends with the image" \
 check "progress lines carry per-layer bytes while downloading" jqe -s \
   'map(select(.status == "downloading" and (.layers | length) == 5 and .bytes_total > 0 and .bytes_done < .bytes_total)) | length >= 2' \
   "$TMP/pull.ndjson"
+check "layers download in parallel (several at once in one progress line)" jqe -s \
+  'any(.layers != null and ([.layers[] | select(.status == "downloading" or .status == "verifying")] | length) >= 2)' \
+  "$TMP/pull.ndjson"
 check "the stream shows the disk being built" jqe -s 'any(.status == "building disk")' "$TMP/pull.ndjson"
 check "bytes_done only grows" jqe -s \
   '[.[] | select(.bytes_done != null) | .bytes_done] as $b | $b == ($b | sort)' "$TMP/pull.ndjson"
