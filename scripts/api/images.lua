@@ -27,203 +27,203 @@
 -- The module is looked up per call, so these routes load (and answer 503) without the
 -- plugin, and work once it is loaded at runtime.
 local function reg()
-	local r = rawget(_G, "registry")
-	if type(r) ~= "table" then
-		api.error(503, "unavailable", "the registry plugin is not loaded")
-	end
-	return r
+  local r = rawget(_G, "registry")
+  if type(r) ~= "table" then
+    api.error(503, "unavailable", "the registry plugin is not loaded")
+  end
+  return r
 end
 
 local function fail(msg, code)
-	api.fail(msg or "unknown error", code or "internal")
+  api.fail(msg or "unknown error", code or "internal")
 end
 
 local function bad(field, msg)
-	api.error(400, "invalid", field .. ": " .. msg, { field = field })
+  api.error(400, "invalid", field .. ": " .. msg, { field = field })
 end
 
 local function flag(v)
-	return v == "1" or v == "true" or v == "yes"
+  return v == "1" or v == "true" or v == "yes"
 end
 
 -- Credentials from the body ({username, password} or {token}) or Docker's X-Registry-Auth
 -- header (base64url JSON), handed to the plugin as they are.
 local function auth_of(req, body)
-	local a = body.auth
-	if a ~= nil then
-		if type(a) ~= "table" or json.is_array(a) then
-			bad("auth", "must be an object {username, password} or {token}")
-		end
-		for _, k in ipairs({ "username", "password", "token", "identitytoken" }) do
-			if a[k] ~= nil and type(a[k]) ~= "string" then
-				bad("auth." .. k, "must be a string")
-			end
-		end
-		if not a.token and not a.identitytoken and not (a.username and a.password) then
-			bad("auth", "needs username and password, or token")
-		end
-		return { username = a.username, password = a.password, token = a.token,
-			identitytoken = a.identitytoken }
-	end
-	local h = req.headers["x-registry-auth"]
-	if h and h ~= "" then
-		return h
-	end
-	return nil
+  local a = body.auth
+  if a ~= nil then
+    if type(a) ~= "table" or json.is_array(a) then
+      bad("auth", "must be an object {username, password} or {token}")
+    end
+    for _, k in ipairs({ "username", "password", "token", "identitytoken" }) do
+      if a[k] ~= nil and type(a[k]) ~= "string" then
+        bad("auth." .. k, "must be a string")
+      end
+    end
+    if not a.token and not a.identitytoken and not (a.username and a.password) then
+      bad("auth", "needs username and password, or token")
+    end
+    return { username = a.username, password = a.password, token = a.token,
+      identitytoken = a.identitytoken }
+  end
+  local h = req.headers["x-registry-auth"]
+  if h and h ~= "" then
+    return h
+  end
+  return nil
 end
 
 local function error_line(msg, code)
-	code = code or "internal"
-	return { status = "error",
-		error = { code = code, message = msg or "unknown error", status = api.status_for(code) } }
+  code = code or "internal"
+  return { status = "error",
+    error = { code = code, message = msg or "unknown error", status = api.status_for(code) } }
 end
 
 api.route("POST", "/v1/images/pull", function(req)
-	local registry = reg()
-	local body = req:json()
-	if type(body) ~= "table" or json.is_array(body) then
-		api.error(400, "invalid", "the body must be a JSON object")
-	end
-	if type(body.reference) ~= "string" or body.reference == "" then
-		bad("reference", "a non-empty string is required")
-	end
-	local parsed, perr = registry.parse(body.reference)
-	if not parsed then
-		bad("reference", perr)
-	end
-	if body.platform ~= nil and (type(body.platform) ~= "string"
-		or not body.platform:match("^[%w_]+/[%w_]+$") and not body.platform:match("^[%w_]+/[%w_]+/[%w_]+$")) then
-		bad("platform", "must look like \"linux/amd64\" or \"linux/arm64/v8\"")
-	end
-	local opts = { auth = auth_of(req, body), platform = body.platform }
+  local registry = reg()
+  local body = req:json()
+  if type(body) ~= "table" or json.is_array(body) then
+    api.error(400, "invalid", "the body must be a JSON object")
+  end
+  if type(body.reference) ~= "string" or body.reference == "" then
+    bad("reference", "a non-empty string is required")
+  end
+  local parsed, perr = registry.parse(body.reference)
+  if not parsed then
+    bad("reference", perr)
+  end
+  if body.platform ~= nil and (type(body.platform) ~= "string"
+    or not body.platform:match("^[%w_]+/[%w_]+$") and not body.platform:match("^[%w_]+/[%w_]+/[%w_]+$")) then
+    bad("platform", "must look like \"linux/amd64\" or \"linux/arm64/v8\"")
+  end
+  local opts = { auth = auth_of(req, body), platform = body.platform }
 
-	if req.query.stream == "0" or req.query.stream == "false" then
-		local img, msg, code = registry.pull(body.reference, opts)
-		if not img then
-			fail(msg, code)
-		end
-		return 200, img
-	end
+  if req.query.stream == "0" or req.query.stream == "false" then
+    local img, msg, code = registry.pull(body.reference, opts)
+    if not img then
+      fail(msg, code)
+    end
+    return 200, img
+  end
 
-	-- The pull runs in its own task; this one relays the progress events of its reference
-	-- and learns that the pull is over when the subscription is closed under it.
-	local sub = events.subscribe({ pattern = "image.pull.progress" })
-	local res
-	task.spawn(function()
-		res = table.pack(pcall(registry.pull, body.reference, opts))
-		sub:close()
-	end)
-	local s
-	local function open()
-		s = req:stream(200, { ["content-type"] = "application/x-ndjson" })
-	end
-	while true do
-		local ev = sub:next()
-		if not ev then
-			break
-		end
-		local d = ev.data
-		if type(d) == "table" and d.reference == parsed.reference then
-			if not s and d.status ~= "resolving" then
-				open()
-			end
-			if s and not s:write(json.encode(d) .. "\n") then
-				return -- the client is gone; the pull goes on and is recorded
-			end
-		end
-	end
-	local ok, img, msg, code = res[1], res[2], res[3], res[4]
-	if not ok then
-		error(img, 0) -- a bug in the call, not an operational failure
-	end
-	if not s then
-		if not img then
-			fail(msg, code) -- nothing streamed yet: a plain error with its own status
-		end
-		open()
-	end
-	if img then
-		s:write(json.encode({ status = "done", image = img }) .. "\n")
-	else
-		s:write(json.encode(error_line(msg, code)) .. "\n")
-	end
-	s:close()
+  -- The pull runs in its own task; this one relays the progress events of its reference
+  -- and learns that the pull is over when the subscription is closed under it.
+  local sub = events.subscribe({ pattern = "image.pull.progress" })
+  local res
+  task.spawn(function()
+    res = table.pack(pcall(registry.pull, body.reference, opts))
+    sub:close()
+  end)
+  local s
+  local function open()
+    s = req:stream(200, { ["content-type"] = "application/x-ndjson" })
+  end
+  while true do
+    local ev = sub:next()
+    if not ev then
+      break
+    end
+    local d = ev.data
+    if type(d) == "table" and d.reference == parsed.reference then
+      if not s and d.status ~= "resolving" then
+        open()
+      end
+      if s and not s:write(json.encode(d) .. "\n") then
+        return -- the client is gone; the pull goes on and is recorded
+      end
+    end
+  end
+  local ok, img, msg, code = res[1], res[2], res[3], res[4]
+  if not ok then
+    error(img, 0) -- a bug in the call, not an operational failure
+  end
+  if not s then
+    if not img then
+      fail(msg, code) -- nothing streamed yet: a plain error with its own status
+    end
+    open()
+  end
+  if img then
+    s:write(json.encode({ status = "done", image = img }) .. "\n")
+  else
+    s:write(json.encode(error_line(msg, code)) .. "\n")
+  end
+  s:close()
 end)
 
 api.route("GET", "/v1/images", function(req)
-	return 200, json.array(reg().list())
+  return 200, json.array(reg().list())
 end)
 
 api.route("GET", "/v1/images/{ref*}", function(req)
-	local img, msg, code = reg().inspect(req.params.ref)
-	if not img then
-		fail(msg, code)
-	end
-	return 200, img
+  local img, msg, code = reg().inspect(req.params.ref)
+  if not img then
+    fail(msg, code)
+  end
+  return 200, img
 end)
 
 api.route("DELETE", "/v1/images/{ref*}", function(req)
-	local res, msg, code = reg().remove(req.params.ref, { force = flag(req.query.force) })
-	if not res then
-		fail(msg, code)
-	end
-	return 200, res
+  local res, msg, code = reg().remove(req.params.ref, { force = flag(req.query.force) })
+  if not res then
+    fail(msg, code)
+  end
+  return 200, res
 end)
 
 -- The archive is streamed to a temp file by the core (removed after the request).
 api.route("POST", "/v1/images/load", function(req)
-	if not req.body_path or (req.body_size or 0) == 0 then
-		api.error(400, "invalid", "the request body must be an image archive (docker save or OCI, .tar or .tar.gz)")
-	end
-	local platform = req.query.platform
-	if platform ~= nil and not platform:match("^[%w_]+/[%w_]+") then
-		bad("platform", "must look like \"linux/amd64\"")
-	end
-	local images, msg, code = reg().load(req.body_path, { platform = platform })
-	if not images then
-		fail(msg, code)
-	end
-	return 200, { images = json.array(images) }
+  if not req.body_path or (req.body_size or 0) == 0 then
+    api.error(400, "invalid", "the request body must be an image archive (docker save or OCI, .tar or .tar.gz)")
+  end
+  local platform = req.query.platform
+  if platform ~= nil and not platform:match("^[%w_]+/[%w_]+") then
+    bad("platform", "must look like \"linux/amd64\"")
+  end
+  local images, msg, code = reg().load(req.body_path, { platform = platform })
+  if not images then
+    fail(msg, code)
+  end
+  return 200, { images = json.array(images) }
 end, { body = "file" })
 
 api.route("POST", "/v1/images/gc", function(req)
-	local st, msg, code = reg().gc()
-	if not st then
-		fail(msg, code)
-	end
-	return 200, st
+  local st, msg, code = reg().gc()
+  if not st then
+    fail(msg, code)
+  end
+  return 200, st
 end)
 
 api.route("GET", "/v1/registries", function(req)
-	return 200, json.array(reg().logins())
+  return 200, json.array(reg().logins())
 end)
 
 api.route("POST", "/v1/registries/login", function(req)
-	local registry = reg()
-	local body = req:json()
-	if type(body) ~= "table" or json.is_array(body) then
-		api.error(400, "invalid", "the body must be a JSON object")
-	end
-	for _, field in ipairs({ "registry", "username", "password" }) do
-		if type(body[field]) ~= "string" or body[field] == "" then
-			bad(field, "a non-empty string is required")
-		end
-	end
-	if body.verify ~= nil and type(body.verify) ~= "boolean" then
-		bad("verify", "must be true or false")
-	end
-	local ok, msg, code = registry.login(body.registry, body.username, body.password,
-		{ verify = body.verify ~= false })
-	if not ok then
-		fail(msg, code)
-	end
-	return 200, { status = "Login Succeeded", registry = body.registry, username = body.username }
+  local registry = reg()
+  local body = req:json()
+  if type(body) ~= "table" or json.is_array(body) then
+    api.error(400, "invalid", "the body must be a JSON object")
+  end
+  for _, field in ipairs({ "registry", "username", "password" }) do
+    if type(body[field]) ~= "string" or body[field] == "" then
+      bad(field, "a non-empty string is required")
+    end
+  end
+  if body.verify ~= nil and type(body.verify) ~= "boolean" then
+    bad("verify", "must be true or false")
+  end
+  local ok, msg, code = registry.login(body.registry, body.username, body.password,
+    { verify = body.verify ~= false })
+  if not ok then
+    fail(msg, code)
+  end
+  return 200, { status = "Login Succeeded", registry = body.registry, username = body.username }
 end)
 
 api.route("DELETE", "/v1/registries/{registry*}", function(req)
-	local ok, msg, code = reg().logout(req.params.registry)
-	if not ok then
-		fail(msg, code)
-	end
-	return 200, { status = "Logged out", registry = req.params.registry }
+  local ok, msg, code = reg().logout(req.params.registry)
+  if not ok then
+    fail(msg, code)
+  end
+  return 200, { status = "Logged out", registry = req.params.registry }
 end)
