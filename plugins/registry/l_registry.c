@@ -208,6 +208,20 @@ static void waiter_cancel(void *ud)
 	free(w);
 }
 
+/* Suspend the calling task until the job (a load, gc, login or logout) finishes: *slot is
+ * the job's waiter pointer, cleared by waiter_cancel if the task goes away first. */
+static int job_wait(lua_State *L, enum wkind kind, void *job, struct rp_waiter **slot)
+{
+	struct rp_waiter *w = calloc(1, sizeof(*w));
+	if (!w)
+		return luaL_error(L, "out of memory");
+	w->kind = kind;
+	w->job = job;
+	*slot = w;
+	w->w = rp.host->wait_begin(L, waiter_cancel, w);
+	return rp.host->wait_yield(L, w->w, NULL, 0);
+}
+
 /* Credentials from opts.auth: a table {username,password} / {token} / {identitytoken}, or
  * an X-Registry-Auth string. Fills *c (caller clears) and returns 1 if found, 0 if absent,
  * -1 for an X-Registry-Auth string that does not decode. Raises on wrong types, before
@@ -619,14 +633,7 @@ static int l_gc(lua_State *L)
 		if (!g)
 			return push_fail(L, &err);
 	}
-	struct rp_waiter *w = calloc(1, sizeof(*w));
-	if (!w)
-		return luaL_error(L, "out of memory");
-	w->kind = W_GC;
-	w->job = g;
-	g->waiter = w;
-	w->w = rp.host->wait_begin(L, waiter_cancel, w);
-	return rp.host->wait_yield(L, w->w, NULL, 0);
+	return job_wait(L, W_GC, g, &g->waiter);
 }
 
 /* ---- load
@@ -787,14 +794,7 @@ static int l_load(lua_State *L)
 	}
 	rp.loads++;
 	rp.host->hold(rp.self, 1);
-	struct rp_waiter *w = calloc(1, sizeof(*w));
-	if (!w)
-		return luaL_error(L, "out of memory");
-	w->kind = W_LOAD;
-	w->job = ld;
-	ld->waiter = w;
-	w->w = rp.host->wait_begin(L, waiter_cancel, w);
-	return rp.host->wait_yield(L, w->w, NULL, 0);
+	return job_wait(L, W_LOAD, ld, &ld->waiter);
 }
 
 /* ---- credentials
@@ -867,19 +867,6 @@ static struct login_job *login_new(const char *key, bool logout)
 	return lj;
 }
 
-/* Suspend the calling task until lj finishes. */
-static int login_wait(lua_State *L, struct login_job *lj)
-{
-	struct rp_waiter *w = calloc(1, sizeof(*w));
-	if (!w)
-		return luaL_error(L, "out of memory");
-	w->kind = W_LOGIN;
-	w->job = lj;
-	lj->waiter = w;
-	w->w = rp.host->wait_begin(L, waiter_cancel, w);
-	return rp.host->wait_yield(L, w->w, NULL, 0);
-}
-
 /* registry.login(registry, username, password [, {verify=true, insecure=}]) -> true
  *   | nil, msg, code   [-3|4, +1|3, e]; yields while checking the credentials against the
  * registry (GET /v2/) and until they are stored (0600 under the state dir). They are never
@@ -917,7 +904,7 @@ static int l_login(lua_State *L)
 			login_free(lj);
 			return push_fail(L, &err);
 		}
-		return login_wait(L, lj);
+		return job_wait(L, W_LOGIN, lj, &lj->waiter);
 	}
 	struct mbr_ref r = { 0 };
 	snprintf(r.domain, sizeof(r.domain), "%.255s", key);
@@ -931,7 +918,7 @@ static int l_login(lua_State *L)
 		login_free(lj);
 		return push_fail(L, &err);
 	}
-	return login_wait(L, lj);
+	return job_wait(L, W_LOGIN, lj, &lj->waiter);
 }
 
 /* registry.logout(registry) -> true | nil, msg, code   [-1, +1|3, e]; yields until the
@@ -951,7 +938,7 @@ static int l_logout(lua_State *L)
 		login_free(lj);
 		return push_fail(L, &err);
 	}
-	return login_wait(L, lj);
+	return job_wait(L, W_LOGIN, lj, &lj->waiter);
 }
 
 /* registry.logins() -> {{registry=, username=}...}  (never passwords)   [-0, +1, e] */
