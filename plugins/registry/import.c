@@ -140,8 +140,11 @@ static int read_entries(struct imp *im, const char *path, mb_err *err)
 		goto out;
 	}
 	if (archive_read_open_filename(a, path, 1 << 17) != ARCHIVE_OK) {
-		r = mb_err_set(err, -EINVAL, "%s is not a tar archive: %s", path,
-		               archive_error_string(a) ? archive_error_string(a) : "?");
+		if (archive_errno(a) == ENOENT)
+			r = mb_err_set(err, -ENOENT, "%s: no such file", path);
+		else
+			r = mb_err_set(err, -EINVAL, "%s is not a tar archive: %s", path,
+			               archive_error_string(a) ? archive_error_string(a) : "?");
 		goto out;
 	}
 	for (unsigned idx = 0;; idx++) {

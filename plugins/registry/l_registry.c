@@ -51,10 +51,12 @@ struct gc_job {
 };
 
 struct login_job {
+	struct login_job *next; /* in logins_running */
 	struct rp_waiter *waiter;
-	mbr_req *req;
+	mbr_req *req; /* while verifying a login */
 	char registry[300];
 	struct mbr_cred cred;
+	bool logout;
 };
 
 static bool gc_wanted;  /* a removal asked for a collection while pulls were running */
@@ -91,7 +93,7 @@ static void run_deferred(void)
 		d = n;
 	}
 }
-static struct login_job *logins_running[16];
+static struct login_job *logins_running; /* logins and logouts under way */
 
 static int push_fail(lua_State *L, const mb_err *err)
 {
@@ -162,8 +164,12 @@ static void pull_done(mbr_pull *p, const struct mbr_pull_result *res, const mb_e
 			mb_err_set(&e2, -EIO, "image recorded but not readable");
 		if (rec)
 			rp_emit("image.pull.done",
-			        json_pack("{s:s,s:s,s:s,s:b}", "reference", res->reference, "id",
-			                  res->id, "disk", res->disk, "cached", res->cached));
+			        json_pack("{s:s,s:s,s:s,s:b,s:s}", "reference", res->reference,
+			                  "id", res->id, "disk", res->disk, "cached", res->cached,
+			                  "scratch",
+			                  res->cached        ? ""
+			                  : res->ram_scratch ? "ram"
+			                                     : "disk"));
 	} else {
 		e2 = *err;
 	}
@@ -202,15 +208,42 @@ static void waiter_cancel(void *ud)
 	free(w);
 }
 
+/* Suspend the calling task until the job (a load, gc, login or logout) finishes: *slot is
+ * the job's waiter pointer, cleared by waiter_cancel if the task goes away first. */
+static int job_wait(lua_State *L, enum wkind kind, void *job, struct rp_waiter **slot)
+{
+	struct rp_waiter *w = calloc(1, sizeof(*w));
+	if (!w)
+		return luaL_error(L, "out of memory");
+	w->kind = kind;
+	w->job = job;
+	*slot = w;
+	w->w = rp.host->wait_begin(L, waiter_cancel, w);
+	return rp.host->wait_yield(L, w->w, NULL, 0);
+}
+
 /* Credentials from opts.auth: a table {username,password} / {token} / {identitytoken}, or
- * an X-Registry-Auth string. 1 if found, 0 if absent; raises on wrong types. */
+ * an X-Registry-Auth string. Fills *c (caller clears) and returns 1 if found, 0 if absent,
+ * -1 for an X-Registry-Auth string that does not decode. Raises on wrong types, before
+ * anything is allocated. */
 static int opts_auth(lua_State *L, int idx, struct mbr_cred *c)
 {
+	static const char *const keys[] = { "username", "password", "token", "identitytoken" };
 	memset(c, 0, sizeof(*c));
 	if (lua_isnoneornil(L, idx))
 		return 0;
 	lua_getfield(L, idx, "auth");
 	int t = lua_type(L, -1);
+	if (t == LUA_TTABLE) {
+		for (int i = 0; i < 4; i++) {
+			int kt = lua_getfield(L, -1, keys[i]);
+			lua_pop(L, 1);
+			if (kt != LUA_TNIL && kt != LUA_TSTRING)
+				luaL_error(L, "registry: auth.%s must be a string", keys[i]);
+		}
+	} else if (t != LUA_TNIL && t != LUA_TSTRING) {
+		luaL_error(L, "registry: opts.auth must be a table or an X-Registry-Auth string");
+	}
 	int found = 0;
 	if (t == LUA_TSTRING) {
 		mb_err err;
@@ -220,21 +253,16 @@ static int opts_auth(lua_State *L, int idx, struct mbr_cred *c)
 		}
 		found = !mbr_cred_empty(c);
 	} else if (t == LUA_TTABLE) {
-		const char *keys[] = { "username", "password", "token", "identitytoken" };
 		char **dst[] = { &c->username, &c->password, &c->token, &c->token };
 		for (int i = 0; i < 4; i++) {
-			lua_getfield(L, -1, keys[i]);
-			if (lua_type(L, -1) == LUA_TSTRING && !*dst[i])
+			if (lua_getfield(L, -1, keys[i]) == LUA_TSTRING && !*dst[i]) {
 				*dst[i] = strdup(lua_tostring(L, -1));
-			else if (!lua_isnil(L, -1))
-				luaL_error(L, "registry: auth.%s must be a string", keys[i]);
-			if (i == 2 && *dst[i])
-				c->token_is_registry = true;
+				if (i == 2)
+					c->token_is_registry = true;
+			}
 			lua_pop(L, 1);
 		}
 		found = !mbr_cred_empty(c);
-	} else if (t != LUA_TNIL) {
-		luaL_error(L, "registry: opts.auth must be a table or an X-Registry-Auth string");
 	}
 	lua_pop(L, 1);
 	return found;
@@ -260,9 +288,13 @@ static bool opt_bool(lua_State *L, int idx, const char *k)
 	return b;
 }
 
+/* Raise unless the caller may wait here (a task, not inside db.transaction or a C
+ * callback). Called before any per-wait state is allocated. */
 static void need_task(lua_State *L, const char *fn)
 {
-	if (!lua_isyieldable(L))
+	if (MB_HOST_HAS(rp.host, wait_check))
+		rp.host->wait_check(L);
+	else if (!lua_isyieldable(L))
 		luaL_error(L, "registry.%s must be called from a task (it waits)", fn);
 }
 
@@ -311,19 +343,23 @@ static int l_pull(lua_State *L)
 	    (platform && *platform))
 		snprintf(key + strlen(key), sizeof(key) - strlen(key), " %s/%s/%s", os, arch,
 		         variant);
+	struct mbr_cred cred;
+	int has = opts_auth(L, 2, &cred); /* may raise: before anything is allocated */
+	if (has < 0)
+		return fail_code(L, -EINVAL, "invalid X-Registry-Auth header");
 	struct rp_pull *rpp = NULL;
 	for (struct rp_pull *x = rp.pulls; x; x = x->next)
 		if (!strcmp(x->ref, key))
 			rpp = x;
-	if (!rpp) {
+	if (rpp) {
+		mbr_cred_clear(&cred); /* joins the running pull */
+	} else {
 		rpp = calloc(1, sizeof(*rpp));
-		if (!rpp)
+		if (!rpp) {
+			mbr_cred_clear(&cred);
 			return fail_code(L, -ENOMEM, "out of memory");
-		int has = opts_auth(L, 2, &rpp->cred);
-		if (has < 0) {
-			free(rpp);
-			return fail_code(L, -EINVAL, "invalid X-Registry-Auth header");
 		}
+		rpp->cred = cred; /* moved */
 		if (!has)
 			rp_cred_lookup(r.domain, &rpp->cred);
 		snprintf(rpp->ref, sizeof(rpp->ref), "%s", key);
@@ -568,7 +604,7 @@ static void background_gc(void)
 {
 	if (rp.shutting_down)
 		return;
-	if (rp.pulls || rp.loads || rp.eng->active || gc_running) {
+	if (rp.pulls || rp.loads || gc_running) {
 		gc_wanted = true; /* after the running pulls */
 		return;
 	}
@@ -587,7 +623,9 @@ static int l_gc(lua_State *L)
 	if (gc_running && current_gc && !current_gc->waiter) {
 		g = current_gc; /* a background collection is running: wait for it */
 	} else {
-		if (rp.pulls || rp.loads || rp.eng->active || gc_running)
+		/* finished pulls whose scratch trees are still being removed (eng->active)
+		 * do not count: their images are recorded, and tmp/ is then left alone */
+		if (rp.pulls || rp.loads || gc_running)
 			return fail_code(
 			    L, MBR_E_CONFLICT,
 			    "pulls, loads or a collection are running; try again later");
@@ -595,14 +633,7 @@ static int l_gc(lua_State *L)
 		if (!g)
 			return push_fail(L, &err);
 	}
-	struct rp_waiter *w = calloc(1, sizeof(*w));
-	if (!w)
-		return luaL_error(L, "out of memory");
-	w->kind = W_GC;
-	w->job = g;
-	g->waiter = w;
-	w->w = rp.host->wait_begin(L, waiter_cancel, w);
-	return rp.host->wait_yield(L, w->w, NULL, 0);
+	return job_wait(L, W_GC, g, &g->waiter);
 }
 
 /* ---- load
@@ -763,14 +794,7 @@ static int l_load(lua_State *L)
 	}
 	rp.loads++;
 	rp.host->hold(rp.self, 1);
-	struct rp_waiter *w = calloc(1, sizeof(*w));
-	if (!w)
-		return luaL_error(L, "out of memory");
-	w->kind = W_LOAD;
-	w->job = ld;
-	ld->waiter = w;
-	w->w = rp.host->wait_begin(L, waiter_cancel, w);
-	return rp.host->wait_yield(L, w->w, NULL, 0);
+	return job_wait(L, W_LOAD, ld, &ld->waiter);
 }
 
 /* ---- credentials
@@ -778,43 +802,75 @@ static int l_load(lua_State *L)
 
 static void login_free(struct login_job *lj)
 {
-	for (size_t i = 0; i < sizeof(logins_running) / sizeof(logins_running[0]); i++)
-		if (logins_running[i] == lj)
-			logins_running[i] = NULL;
+	for (struct login_job **pp = &logins_running; *pp; pp = &(*pp)->next)
+		if (*pp == lj) {
+			*pp = lj->next;
+			break;
+		}
 	mbr_cred_clear(&lj->cred);
 	free(lj);
 	rp.host->hold(rp.self, -1);
 }
 
-static void login_done(mbr_req *r, const mb_err *e, void *arg)
+/* The end of a login or logout: the caller (if still waiting) gets true or the error. */
+static void login_finish(struct login_job *lj, const mb_err *err)
 {
-	struct login_job *lj = arg;
-	mb_err err = { 0 };
-	mbr_req_free(r);
-	lj->req = NULL;
-	if (!e)
-		rp_cred_store(lj->registry, lj->cred.username, lj->cred.password, &err);
-	else
-		err = *e;
 	if (lj->waiter) {
 		lua_State *T = rp.host->wait_thread(lj->waiter->w);
-		if (err.code) {
-			rp.host->wait_done(lj->waiter->w, push_fail(T, &err));
+		if (err) {
+			rp.host->wait_done(lj->waiter->w, push_fail(T, err));
 		} else {
 			lua_pushboolean(T, 1);
 			rp.host->wait_done(lj->waiter->w, 1);
 		}
 		free(lj->waiter);
 	}
-	if (!err.code)
+	if (!err && lj->logout)
+		rp_emit("registry.logout", json_pack("{s:s}", "registry", lj->registry));
+	else if (!err)
 		rp_emit("registry.login", json_pack("{s:s,s:s}", "registry", lj->registry,
 		                                    "username", lj->cred.username));
 	login_free(lj);
 }
 
+static void login_saved(void *arg, const mb_err *err)
+{
+	login_finish(arg, err);
+}
+
+static void login_done(mbr_req *r, const mb_err *e, void *arg)
+{
+	struct login_job *lj = arg;
+	mb_err err = { 0 };
+	if (e)
+		err = *e; /* e may point into r */
+	mbr_req_free(r);
+	lj->req = NULL;
+	if (e)
+		login_finish(lj, &err);
+	else if (rp_cred_store(lj->registry, lj->cred.username, lj->cred.password, login_saved, lj,
+	                       &err) < 0)
+		login_finish(lj, &err);
+}
+
+/* A job for login/logout, tracked for shutdown; NULL on OOM. */
+static struct login_job *login_new(const char *key, bool logout)
+{
+	struct login_job *lj = calloc(1, sizeof(*lj));
+	if (!lj)
+		return NULL;
+	snprintf(lj->registry, sizeof(lj->registry), "%s", key);
+	lj->logout = logout;
+	rp.host->hold(rp.self, 1);
+	lj->next = logins_running;
+	logins_running = lj;
+	return lj;
+}
+
 /* registry.login(registry, username, password [, {verify=true, insecure=}]) -> true
  *   | nil, msg, code   [-3|4, +1|3, e]; yields while checking the credentials against the
- * registry (GET /v2/). Stored 0600 under the state dir; never returned by any call. */
+ * registry (GET /v2/) and until they are stored (0600 under the state dir). They are never
+ * returned by any call. */
 static int l_login(lua_State *L)
 {
 	const char *reg = luaL_checkstring(L, 1);
@@ -822,6 +878,7 @@ static int l_login(lua_State *L)
 	const char *pass = luaL_checkstring(L, 3);
 	if (!lua_isnoneornil(L, 4))
 		luaL_checktype(L, 4, LUA_TTABLE);
+	need_task(L, "login");
 	mb_err err = { 0 };
 	char key[300];
 	if (mbr_registry_key(reg, key, sizeof(key)) < 0 || !*user)
@@ -833,19 +890,22 @@ static int l_login(lua_State *L)
 			verify = lua_toboolean(L, -1);
 		lua_pop(L, 1);
 	}
-	if (!verify) {
-		if (rp_cred_store(key, user, pass, &err) < 0)
-			return push_fail(L, &err);
-		lua_pushboolean(L, 1);
-		return 1;
-	}
-	need_task(L, "login");
-	struct login_job *lj = calloc(1, sizeof(*lj));
+	struct login_job *lj = login_new(key, false);
 	if (!lj)
 		return fail_code(L, -ENOMEM, "out of memory");
-	snprintf(lj->registry, sizeof(lj->registry), "%s", key);
 	lj->cred.username = strdup(user);
 	lj->cred.password = strdup(pass);
+	if (!lj->cred.username || !lj->cred.password) {
+		login_free(lj);
+		return fail_code(L, -ENOMEM, "out of memory");
+	}
+	if (!verify) {
+		if (rp_cred_store(key, user, pass, login_saved, lj, &err) < 0) {
+			login_free(lj);
+			return push_fail(L, &err);
+		}
+		return job_wait(L, W_LOGIN, lj, &lj->waiter);
+	}
 	struct mbr_ref r = { 0 };
 	snprintf(r.domain, sizeof(r.domain), "%.255s", key);
 	const char *host = mbr_ref_api_host(&r);
@@ -853,35 +913,32 @@ static int l_login(lua_State *L)
 	snprintf(url, sizeof(url), "%s://%s/v2/",
 	         mbr_client_scheme(rp.eng->client, key, opt_bool(L, 4, "insecure")), host);
 	struct mbr_req_opts o = { .url = url, .cred = &lj->cred, .host = host, .scope = "" };
-	rp.host->hold(rp.self, 1);
 	lj->req = mbr_req_start(rp.eng->client, &o, login_done, lj, &err);
 	if (!lj->req) {
 		login_free(lj);
 		return push_fail(L, &err);
 	}
-	for (size_t i = 0; i < sizeof(logins_running) / sizeof(logins_running[0]); i++)
-		if (!logins_running[i]) {
-			logins_running[i] = lj;
-			break;
-		}
-	struct rp_waiter *w = calloc(1, sizeof(*w));
-	if (!w)
-		return luaL_error(L, "out of memory");
-	w->kind = W_LOGIN;
-	w->job = lj;
-	lj->waiter = w;
-	w->w = rp.host->wait_begin(L, waiter_cancel, w);
-	return rp.host->wait_yield(L, w->w, NULL, 0);
+	return job_wait(L, W_LOGIN, lj, &lj->waiter);
 }
 
-/* registry.logout(registry) -> true | nil, msg, code   [-1, +1|3, e] */
+/* registry.logout(registry) -> true | nil, msg, code   [-1, +1|3, e]; yields until the
+ * credentials are gone from the file too. */
 static int l_logout(lua_State *L)
 {
+	const char *reg = luaL_checkstring(L, 1);
+	need_task(L, "logout");
 	mb_err err = { 0 };
-	if (rp_cred_forget(luaL_checkstring(L, 1), &err) < 0)
+	char key[300];
+	if (mbr_registry_key(reg, key, sizeof(key)) < 0)
+		return fail_code(L, -EINVAL, "invalid registry name");
+	struct login_job *lj = login_new(key, true);
+	if (!lj)
+		return fail_code(L, -ENOMEM, "out of memory");
+	if (rp_cred_forget(key, login_saved, lj, &err) < 0) {
+		login_free(lj);
 		return push_fail(L, &err);
-	lua_pushboolean(L, 1);
-	return 1;
+	}
+	return job_wait(L, W_LOGIN, lj, &lj->waiter);
 }
 
 /* registry.logins() -> {{registry=, username=}...}  (never passwords)   [-0, +1, e] */
@@ -917,7 +974,7 @@ static int l_parse(lua_State *L)
 }
 
 /* registry.configure{insecure={"host:port",...}, parallel=n, allow_devices=b,
- *   mkfs_options="...", retries=n} -> true   [-1, +1, e] */
+ *   mkfs_options="...", retries=n, scratch="auto"|"disk"|"/dir"} -> true   [-1, +1, e] */
 static int l_configure(lua_State *L)
 {
 	luaL_checktype(L, 1, LUA_TTABLE);
@@ -949,6 +1006,13 @@ static int l_configure(lua_State *L)
 	lua_getfield(L, 1, "allow_devices");
 	if (!lua_isnil(L, -1))
 		rp.eng->unpack.allow_devices = lua_toboolean(L, -1);
+	lua_pop(L, 1);
+	lua_getfield(L, 1, "scratch");
+	if (!lua_isnil(L, -1)) {
+		mb_err err = { 0 };
+		if (mbr_engine_set_scratch(rp.eng, luaL_checkstring(L, -1), &err) < 0)
+			return luaL_error(L, "registry.configure: %s", err.msg);
+	}
 	lua_pop(L, 1);
 	lua_getfield(L, 1, "mkfs_options");
 	if (!lua_isnil(L, -1))
@@ -998,10 +1062,9 @@ void rp_lua_shutdown(void)
 		free(d);
 		d = n;
 	}
-	for (size_t i = 0; i < sizeof(logins_running) / sizeof(logins_running[0]); i++) {
-		struct login_job *lj = logins_running[i];
-		if (!lj)
-			continue;
+	while (logins_running) {
+		struct login_job *lj = logins_running;
+		logins_running = lj->next;
 		if (lj->req)
 			mbr_req_cancel(lj->req);
 		if (lj->waiter) {
@@ -1009,7 +1072,6 @@ void rp_lua_shutdown(void)
 			rp.host->wait_done(lj->waiter->w, push_fail(T, &err));
 			free(lj->waiter);
 		}
-		logins_running[i] = NULL;
 		mbr_cred_clear(&lj->cred);
 		free(lj);
 	}

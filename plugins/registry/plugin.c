@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ref.h"
@@ -92,6 +93,16 @@ int rp_cred_lookup(const char *registry, struct mbr_cred *c)
 	return -ENOENT;
 }
 
+/* Saving auth.json: one write at a time, on a worker (temp file + fsync + rename, 0600).
+ * A change made while a write runs is written by the next one, so the file always ends
+ * with the newest state and writes never race. Callers are told once a write that
+ * includes their change is on disk. */
+struct save_waiter {
+	struct save_waiter *next;
+	rp_saved_fn fn;
+	void *arg;
+};
+
 struct save_job {
 	char *path;
 	char *text;
@@ -99,11 +110,30 @@ struct save_job {
 	mb_err err;
 };
 
+static struct {
+	bool running;                        /* a write is on a worker */
+	bool again;                          /* changed meanwhile: write again after it */
+	struct save_waiter *covered, *later; /* told after this write / after the next */
+} S;
+
+static void notify_saved(struct save_waiter *w, const mb_err *err)
+{
+	while (w) {
+		struct save_waiter *n = w->next;
+		if (w->fn)
+			w->fn(w->arg, err);
+		free(w);
+		w = n;
+	}
+}
+
 static void save_work(void *arg)
 {
 	struct save_job *j = arg;
 	j->rc = mbr_write_file_atomic(j->path, j->text, strlen(j->text), 0600, &j->err);
 }
+
+static void start_save(void);
 
 static void save_done(void *arg)
 {
@@ -113,26 +143,82 @@ static void save_done(void *arg)
 	explicit_bzero(j->text, strlen(j->text));
 	free(j->text);
 	free(j->path);
+	struct save_waiter *w = S.covered;
+	S.covered = NULL;
+	S.running = false;
+	notify_saved(w, j->rc < 0 ? &j->err : NULL);
 	free(j);
-}
-
-static int save_auths(mb_err *err)
-{
-	struct save_job *j = calloc(1, sizeof(*j));
-	if (!j)
-		return mb_err_set(err, -ENOMEM, "out of memory");
-	j->path = strdup(rp.auth_path);
-	j->text = json_dumps(rp.auths, JSON_INDENT(1));
-	if (!j->path || !j->text || rp.host->work(save_work, save_done, j, err) < 0) {
-		free(j->path);
-		free(j->text);
-		free(j);
-		return err && err->code ? err->code : mb_err_set(err, -ENOMEM, "out of memory");
+	if (S.again && !rp.shutting_down && rp.auths) {
+		S.again = false;
+		S.covered = S.later;
+		S.later = NULL;
+		start_save();
 	}
-	return 0;
 }
 
-int rp_cred_store(const char *registry, const char *user, const char *pass, mb_err *err)
+static void start_save(void)
+{
+	mb_err err = { 0 };
+	struct save_job *j = calloc(1, sizeof(*j));
+	if (j) {
+		j->path = strdup(rp.auth_path);
+		j->text = json_dumps(rp.auths, JSON_INDENT(1));
+	}
+	if (!j || !j->path || !j->text || rp.host->work(save_work, save_done, j, &err) < 0) {
+		if (!err.code)
+			mb_err_set(&err, -ENOMEM, "out of memory");
+		if (j) {
+			if (j->text)
+				explicit_bzero(j->text, strlen(j->text));
+			free(j->text);
+			free(j->path);
+			free(j);
+		}
+		struct save_waiter *w = S.covered;
+		S.covered = NULL;
+		notify_saved(w, &err);
+		return;
+	}
+	S.running = true;
+}
+
+/* Write rp.auths out; fn(arg, err) runs once it is on disk (err NULL) or failed. */
+static void save_auths(rp_saved_fn fn, void *arg)
+{
+	struct save_waiter *w = calloc(1, sizeof(*w));
+	if (w) {
+		w->fn = fn;
+		w->arg = arg;
+	} else if (fn) {
+		mb_err err;
+		mb_err_set(&err, -ENOMEM, "out of memory");
+		fn(arg, &err);
+	}
+	if (S.running) {
+		S.again = true;
+		if (w) {
+			w->next = S.later;
+			S.later = w;
+		}
+		return;
+	}
+	if (w) {
+		w->next = S.covered;
+		S.covered = w;
+	}
+	start_save();
+}
+
+void rp_cred_cancel_saves(void)
+{
+	for (struct save_waiter *w = S.covered; w; w = w->next)
+		w->fn = NULL;
+	for (struct save_waiter *w = S.later; w; w = w->next)
+		w->fn = NULL;
+}
+
+int rp_cred_store(const char *registry, const char *user, const char *pass, rp_saved_fn fn,
+                  void *arg, mb_err *err)
 {
 	char key[300];
 	if (mbr_registry_key(registry, key, sizeof(key)) < 0)
@@ -149,10 +235,11 @@ int rp_cred_store(const char *registry, const char *user, const char *pass, mb_e
 	json_object_set_new(auths, key, json_pack("{s:s}", "auth", b64));
 	explicit_bzero(b64, strlen(b64));
 	free(b64);
-	return save_auths(err);
+	save_auths(fn, arg);
+	return 0;
 }
 
-int rp_cred_forget(const char *registry, mb_err *err)
+int rp_cred_forget(const char *registry, rp_saved_fn fn, void *arg, mb_err *err)
 {
 	char key[300];
 	if (mbr_registry_key(registry, key, sizeof(key)) < 0)
@@ -160,7 +247,8 @@ int rp_cred_forget(const char *registry, mb_err *err)
 	json_t *auths = json_object_get(rp.auths, "auths");
 	if (json_object_del(auths, key) < 0)
 		return mb_err_set(err, -ENOENT, "not logged in to %s", key);
-	return save_auths(err);
+	save_auths(fn, arg);
+	return 0;
 }
 
 json_t *rp_cred_list(void)
@@ -217,6 +305,45 @@ static void load_credentials(void)
 	free(dc);
 }
 
+/* At start-up, scratch trees and imports an earlier process left behind (in images/tmp and
+ * in the RAM scratch directory) are removed on a worker; anything made after start-up is
+ * newer and stays. Counted in eng->active, so that fini leaves the engine alone meanwhile. */
+struct sweep_job {
+	int64_t before;
+	struct mbr_gc_stats st;
+};
+
+static void sweep_work(void *arg)
+{
+	struct sweep_job *j = arg;
+	mbr_store_sweep_tmp(rp.eng->store, j->before, &j->st);
+}
+
+static void sweep_done(void *arg)
+{
+	struct sweep_job *j = arg;
+	if (j->st.tmp_removed)
+		rp_log(MB_LOG_INFO, "registry: removed %llu leftovers of an earlier run from tmp",
+		       (unsigned long long)j->st.tmp_removed);
+	rp.eng->active--;
+	free(j);
+}
+
+static void sweep_leftovers(void)
+{
+	struct sweep_job *j = calloc(1, sizeof(*j));
+	mb_err err = { 0 };
+	if (!j)
+		return;
+	j->before = (int64_t)time(NULL);
+	rp.eng->active++;
+	if (rp.host->work(sweep_work, sweep_done, j, &err) < 0) {
+		rp.eng->active--;
+		free(j);
+		rp_log(MB_LOG_WARN, "registry: cannot sweep tmp: %s", err.msg);
+	}
+}
+
 static int reg_init(const struct mb_host *host, mb_plugin *self, mb_err *err)
 {
 	memset(&rp, 0, sizeof(rp));
@@ -252,7 +379,9 @@ static int reg_init(const struct mb_host *host, mb_plugin *self, mb_err *err)
 	load_credentials();
 	if ((r = rdb_migrate(err)) < 0)
 		goto out;
-	r = rp_lua_register(err);
+	if ((r = rp_lua_register(err)) < 0)
+		goto out;
+	sweep_leftovers();
 out:
 	free(images);
 	free(regdir);
@@ -267,6 +396,7 @@ static void reg_fini(mb_plugin *self)
 {
 	rp.shutting_down = true;
 	rp_lua_shutdown(); /* cancels pulls and loads */
+	rp_cred_cancel_saves();
 	if (rp.eng && rp.eng->active > 0) {
 		/* worker jobs of cancelled pulls still point into the engine: leave it (and rp)
 		 * alone rather than free memory a worker may touch; the process is exiting */
@@ -289,9 +419,10 @@ static json_t *reg_info(mb_plugin *self)
 	int n = 0;
 	for (struct rp_pull *p = rp.pulls; p; p = p->next)
 		n++;
-	return json_pack("{s:s,s:i,s:i,s:i,s:s}", "store", rp.eng ? rp.eng->store->root : "",
+	return json_pack("{s:s,s:i,s:i,s:i,s:s,s:s}", "store", rp.eng ? rp.eng->store->root : "",
 	                 "pulls", n, "loads", rp.loads, "parallel", rp.eng ? rp.eng->parallel : 0,
-	                 "disk_format", "erofs");
+	                 "disk_format", "erofs", "ram_scratch",
+	                 rp.eng && rp.eng->store->ram_tmp ? rp.eng->store->ram_tmp : "");
 }
 
 MB_PLUGIN_DEFINE("registry", "0.1.0",

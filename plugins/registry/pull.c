@@ -3,7 +3,9 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -76,8 +78,12 @@ struct mbr_pull {
 	bool mkfs_started;
 	bool mkfs_running;
 	bool rm_pending; /* remove the scratch tree once the job using it is back */
+	bool making;     /* the job creating the scratch directories is on a worker */
 	bool scratch_gone;
-	char *scratch;
+	char *scratch;     /* under the store's tmp/: holds disk.erofs (and rootfs/ on disk) */
+	char *ram_scratch; /* NULL, or under store->ram_tmp: holds rootfs/ */
+	uint64_t ram_want; /* bytes of eng->ram_reserved held by this pull */
+	bool ram_retried;  /* the RAM tree ran out of room: unpacking started over on disk */
 	char *rootfs;
 	char *disk_tmp;
 	char *disk;
@@ -119,11 +125,32 @@ mbr_engine *mbr_engine_new(const struct mbr_io *io, const char *images_dir, mb_e
 	e->unpack.keep_owners = true;
 	e->unpack.xattrs = true;
 	if (!(e->client = mbr_client_new(io, err)) ||
-	    !(e->store = mbr_store_open(images_dir, err))) {
+	    !(e->store = mbr_store_open(images_dir, err)) ||
+	    mbr_engine_set_scratch(e, "auto", err) < 0) {
 		mbr_engine_free(e);
 		return NULL;
 	}
 	return e;
+}
+
+int mbr_engine_set_scratch(mbr_engine *e, const char *mode, mb_err *err)
+{
+	const char *dir;
+	if (!strcmp(mode, "auto"))
+		dir = "/dev/shm";
+	else if (!strcmp(mode, "disk"))
+		dir = "";
+	else if (mode[0] == '/' && strlen(mode) < sizeof(e->ram_dir))
+		dir = mode;
+	else
+		return mb_err_set(err, -EINVAL,
+		                  "scratch must be \"auto\", \"disk\" or an absolute directory");
+	int r = mbr_store_set_ram_dir(e->store, dir, err);
+	if (r < 0)
+		return r;
+	snprintf(e->ram_dir, sizeof(e->ram_dir), "%s", dir);
+	e->ram_need_tmpfs = !strcmp(mode, "auto");
+	return 0;
 }
 
 void mbr_engine_free(mbr_engine *e)
@@ -138,8 +165,11 @@ void mbr_engine_free(mbr_engine *e)
 
 /* ---- bookkeeping -------------------------------------------------------------------------- */
 
+static void ram_release(mbr_pull *p);
+
 static void pull_destroy(mbr_pull *p)
 {
+	ram_release(p);
 	for (size_t i = 0; i < p->nlayers; i++)
 		mbr_blobw_close(p->layers[i].w, false);
 	free(p->layers);
@@ -149,6 +179,7 @@ static void pull_destroy(mbr_pull *p)
 	free(p->config);
 	json_decref(p->summary);
 	free(p->scratch);
+	free(p->ram_scratch);
 	free(p->rootfs);
 	free(p->disk_tmp);
 	free(p->disk);
@@ -223,6 +254,22 @@ static void rm_scratch_work(void *arg)
 {
 	struct job *j = arg;
 	mbr_rm_tree(j->path, NULL);
+	if (j->path2) {
+		mbr_rm_tree(j->path2, NULL);
+		/* and the store's RAM directory once it is empty (a pull creating its tree there
+		 * at this very moment falls back to disk) */
+		char *slash = strrchr(j->path2, '/');
+		if (slash) {
+			*slash = '\0';
+			rmdir(j->path2);
+		}
+	}
+}
+
+static void ram_release(mbr_pull *p)
+{
+	p->eng->ram_reserved -= p->ram_want;
+	p->ram_want = 0;
 }
 
 static void job_release_done(void *arg)
@@ -239,8 +286,10 @@ static void remove_scratch(mbr_pull *p)
 		return;
 	p->scratch_gone = true;
 	p->rm_pending = false;
+	ram_release(p);
 	struct job *j = job_new(p);
-	if (j && (j->path = strdup(p->scratch))) {
+	if (j && (j->path = strdup(p->scratch)) &&
+	    (!p->ram_scratch || (j->path2 = strdup(p->ram_scratch)))) {
 		mb_err err;
 		if (p->eng->io->work(p->eng->io->ud, rm_scratch_work, job_release_done, j, &err) <
 		    0) {
@@ -289,7 +338,7 @@ static void stop_everything(mbr_pull *p, bool drop_partials)
 			l->w = NULL;
 		}
 	}
-	if (p->unpacking || p->mkfs_running)
+	if (p->unpacking || p->mkfs_running || p->making)
 		p->rm_pending = true; /* a worker or mkfs still writes there */
 	else
 		remove_scratch(p);
@@ -350,6 +399,7 @@ static void succeed(mbr_pull *p, bool cached)
 		.size = size,
 		.disk = p->disk,
 		.cached = cached,
+		.ram_scratch = p->ram_scratch && !p->ram_retried,
 	};
 	p->status = cached ? "exists" : "complete";
 	p->done(p, &res, NULL, p->arg);
@@ -360,6 +410,18 @@ static void succeed(mbr_pull *p, bool cached)
 static void finalize_work(void *arg)
 {
 	struct job *j = arg;
+	/* the disk's bytes reach stable storage before its name does: a disk that exists
+	 * under disks/ is complete (a later pull takes it as is) */
+	int fd = open(j->path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || fsync(fd) < 0) {
+		int e = errno;
+		if (fd >= 0)
+			close(fd);
+		j->rc = mb_err_set(&j->err, e == ENOSPC ? MBR_E_NO_SPACE : -e, "fsync %s: %s",
+		                   j->path, strerror(e));
+		return;
+	}
+	close(fd);
 	if (rename(j->path, j->path2) < 0) {
 		j->rc = mb_err_set(&j->err, -errno, "rename %s: %s", j->path2, strerror(errno));
 		return;
@@ -369,10 +431,10 @@ static void finalize_work(void *arg)
 		char *s = strrchr(dir, '/');
 		if (s)
 			*s = '\0';
-		int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (fd >= 0) {
-			fsync(fd);
-			close(fd);
+		int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (dfd >= 0) {
+			fsync(dfd);
+			close(dfd);
 		}
 		free(dir);
 	}
@@ -476,6 +538,74 @@ static void unpack_work(void *arg)
 	j->rc = mbr_unpack_path(j->path, j->path2, &j->uopts, &j->st, &j->err);
 }
 
+/* The RAM tree ran out of room: drop it and unpack every layer again on disk. */
+static void ram_retry_work(void *arg)
+{
+	struct job *j = arg;
+	mbr_rm_tree(j->path, NULL);
+	if (mkdir(j->path2, 0755) < 0 && errno != EEXIST)
+		j->rc = mb_err_set(&j->err, errno == ENOSPC ? MBR_E_NO_SPACE : -errno,
+		                   "mkdir %s: %s", j->path2, strerror(errno));
+}
+
+static void ram_retry_done(void *arg)
+{
+	struct job *j = arg;
+	mbr_pull *p = j->p;
+	p->unpacking = false;
+	if (p->finished) {
+		if (p->rm_pending)
+			remove_scratch(p);
+	} else if (j->rc < 0) {
+		fail(p, &j->err);
+	} else {
+		free(p->rootfs);
+		p->rootfs = j->path2;
+		j->path2 = NULL;
+		for (size_t i = 0; i < p->nlayers; i++)
+			if (p->layers[i].state == L_EXTRACTING || p->layers[i].state == L_EXTRACTED)
+				p->layers[i].state = L_STORED;
+		p->next_unpack = 0;
+		notify(p, true);
+		pump(p);
+	}
+	job_free(j);
+	unref(p);
+}
+
+static bool ram_retry(mbr_pull *p, size_t layer)
+{
+	if (!p->ram_scratch || p->ram_retried)
+		return false;
+	p->ram_retried = true;
+	ram_release(p);
+	if (p->eng->io->log) {
+		char m[1200];
+		snprintf(m, sizeof(m),
+		         "registry: %s: no room for the unpacked tree in %s (layer %zu); "
+		         "unpacking on disk instead",
+		         p->refstr[0] ? p->refstr : p->manifest_digest, p->eng->store->ram_tmp,
+		         layer + 1);
+		p->eng->io->log(p->eng->io->ud, MB_LOG_INFO, m);
+	}
+	struct job *j = job_new(p);
+	if (j) {
+		j->path = strdup(p->ram_scratch);
+		j->path2 = mbr_sprintf("%s/rootfs", p->scratch);
+	}
+	if (j && (!j->path || !j->path2)) {
+		mb_err err;
+		mb_err_set(&err, -ENOMEM, "out of memory");
+		p->refs--;
+		job_free(j);
+		fail(p, &err);
+		return true;
+	}
+	if (queue(p, j, ram_retry_work, ram_retry_done))
+		p->unpacking = true; /* nothing else touches the trees meanwhile */
+	return true;
+}
+
 static void unpack_done(void *arg)
 {
 	struct job *j = arg;
@@ -486,7 +616,9 @@ static void unpack_done(void *arg)
 			remove_scratch(p);
 	} else {
 		p->unpacking = false;
-		if (j->rc < 0) {
+		if ((j->rc == -ENOSPC || j->rc == -EDQUOT) && ram_retry(p, j->layer)) {
+			/* started over on disk */
+		} else if (j->rc < 0) {
 			mb_err err;
 			/* a layer that cannot be applied safely is invalid input; only resource
 			 * problems keep their own code */
@@ -560,14 +692,18 @@ static void blob_done(mbr_req *r, const mb_err *e, void *arg)
 	size_t idx = ctx->layer;
 	l->req = NULL;
 	l->req_ctx = NULL;
-	mbr_req_free(r);
-	job_free(ctx);
+	/* e may point into r (a write error of ours): copy it before r goes */
+	mb_err err = { 0 };
 	if (e) {
-		mb_err err = *e;
+		err = *e;
 		if (e->code == MBR_E_NOT_FOUND)
 			mb_err_set(&err, MBR_E_NOT_FOUND, "layer %s: %s", l->d.digest, e->msg);
 		else if (e->code == -EBADMSG)
 			mb_err_set(&err, MBR_E_CORRUPT, "layer %s: %s", l->d.digest, e->msg);
+	}
+	mbr_req_free(r);
+	job_free(ctx);
+	if (e) {
 		fail(p, &err);
 		unref(p);
 		return;
@@ -731,16 +867,34 @@ static void pump(mbr_pull *p)
 static void scratch_work(void *arg)
 {
 	struct job *j = arg;
-	/* manifest and config into the store, then a scratch tree for unpacking */
-	if (j->data && !mbr_store_has_blob(j->p->eng->store, j->path2, NULL))
-		j->rc = mbr_store_put_buf(j->p->eng->store, j->path2, j->data, j->len, &j->err);
-	if (j->rc == 0 && mkdir(j->path, 0700) < 0)
+	/* a scratch directory on disk (for disk.erofs), and rootfs/ in RAM (path2, when
+	 * asked and possible: else j->len = 0 and rootfs/ goes on disk) */
+	if (mkdir(j->path, 0700) < 0) {
 		j->rc = mb_err_set(&j->err, errno == ENOSPC ? -ENOSPC : -errno, "mkdir %s: %s",
 		                   j->path, strerror(errno));
-	if (j->rc == 0) {
+		return;
+	}
+	j->len = 0;
+	if (j->path2) {
+		char *dir = strdup(j->path2), *slash = dir ? strrchr(dir, '/') : NULL;
+		char *root = mbr_sprintf("%s/rootfs", j->path2);
+		if (slash)
+			*slash = '\0';
+		if (slash && root && mbr_mkdir_p(dir, 0700, NULL) == 0 &&
+		    mkdir(j->path2, 0700) == 0) {
+			if (mkdir(root, 0755) == 0)
+				j->len = 1;
+			else
+				mbr_rm_tree(j->path2, NULL);
+		}
+		free(dir);
+		free(root);
+	}
+	if (!j->len) {
 		char *root = mbr_sprintf("%s/rootfs", j->path);
 		if (!root || mkdir(root, 0755) < 0)
-			j->rc = mb_err_set(&j->err, -errno, "mkdir rootfs: %s", strerror(errno));
+			j->rc = mb_err_set(&j->err, errno == ENOSPC ? -ENOSPC : -errno,
+			                   "mkdir rootfs: %s", strerror(errno));
 		free(root);
 	}
 }
@@ -749,9 +903,26 @@ static void scratch_done(void *arg)
 {
 	struct job *j = arg;
 	mbr_pull *p = j->p;
-	if (!p->finished) {
+	p->making = false;
+	if (p->ram_scratch && !j->len) { /* could not make it: unpack on disk */
+		free(p->ram_scratch);
+		p->ram_scratch = NULL;
+		ram_release(p);
+	}
+	if (p->finished) {
+		if (p->rm_pending)
+			remove_scratch(p);
+	} else {
+		char *root = mbr_sprintf("%s/rootfs", p->ram_scratch ? p->ram_scratch : p->scratch);
+		free(p->rootfs);
+		p->rootfs = root;
+		if (j->rc == 0 && !root)
+			j->rc = mb_err_set(&j->err, -ENOMEM, "out of memory");
 		if (j->rc < 0) {
-			fail(p, &j->err);
+			mb_err err = j->err;
+			if (j->rc == -ENOSPC || j->rc == -EDQUOT)
+				err.code = MBR_E_NO_SPACE;
+			fail(p, &err);
 		} else {
 			set_status(p, "downloading");
 			pump(p);
@@ -793,6 +964,44 @@ static void store_config_done(void *arg)
 	unref(p);
 }
 
+/* MemAvailable from /proc/meminfo in bytes, or 0 (procfs: no disk I/O). */
+static uint64_t mem_available(void)
+{
+	char buf[4096];
+	int fd = open("/proc/meminfo", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	const char *m = strstr(buf, "MemAvailable:");
+	return m ? strtoull(m + 13, NULL, 10) * 1024 : 0;
+}
+
+/* Should this pull unpack in RAM? The tree is guessed at 4x the compressed layers (plus
+ * 64 MiB); it must fit twice over in the RAM file system's free space and in available
+ * memory, counting what running pulls already hold. Reserves the guess if so. */
+static bool ram_fits(mbr_pull *p)
+{
+	mbr_engine *e = p->eng;
+	struct statfs sf;
+	if (!e->store->ram_tmp || !e->ram_dir[0] || statfs(e->ram_dir, &sf) < 0 ||
+	    (e->ram_need_tmpfs && sf.f_type != TMPFS_MAGIC))
+		return false;
+	uint64_t want = 64u << 20;
+	for (size_t i = 0; i < p->m.nlayers; i++)
+		want += 4 * (uint64_t)(p->m.layers[i].size > 0 ? p->m.layers[i].size : 0);
+	uint64_t room = (uint64_t)sf.f_bavail * (uint64_t)sf.f_bsize;
+	uint64_t mem = mem_available();
+	if (room < e->ram_reserved + 2 * want || mem < e->ram_reserved + 2 * want)
+		return false;
+	p->ram_want = want;
+	e->ram_reserved += want;
+	return true;
+}
+
 static void have_config(mbr_pull *p)
 {
 	mb_err err = { 0 };
@@ -813,17 +1022,23 @@ static void have_config(mbr_pull *p)
 		return;
 	}
 	p->scratch = mbr_store_tmp_path(p->eng->store, "unpack");
-	p->rootfs = p->scratch ? mbr_sprintf("%s/rootfs", p->scratch) : NULL;
 	p->disk_tmp = p->scratch ? mbr_sprintf("%s/disk.erofs", p->scratch) : NULL;
-	if (!p->rootfs || !p->disk_tmp) {
+	if (ram_fits(p)) {
+		p->ram_scratch = mbr_store_ram_path(p->eng->store, "unpack");
+		if (!p->ram_scratch)
+			ram_release(p);
+	}
+	if (!p->disk_tmp) {
 		mb_err_set(&err, -ENOMEM, "out of memory");
 		fail(p, &err);
 		return;
 	}
 	struct job *j = job_new(p);
-	if (j)
+	if (j) {
 		j->path = strdup(p->scratch);
-	queue(p, j, scratch_work, scratch_done);
+		j->path2 = p->ram_scratch ? strdup(p->ram_scratch) : NULL;
+	}
+	p->making = queue(p, j, scratch_work, scratch_done);
 }
 
 static int setup_layers(mbr_pull *p, mb_err *err)

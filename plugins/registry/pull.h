@@ -34,7 +34,18 @@ typedef struct mbr_engine {
 	struct mbr_unpack_opts unpack;
 	mbr_strset inflight; /* blob digests being downloaded by some pull */
 	int active;          /* pulls and builds running */
+	/* Scratch trees in RAM: the unpacked tree only lives until mkfs.erofs has read it, so
+	 * it goes to a tmpfs when it fits (store->ram_tmp), and only the erofs disk is
+	 * written to the store's file system. A pull that runs out of room there starts its
+	 * unpacking over on disk. */
+	char ram_dir[256];     /* "" (unpack on disk), "/dev/shm" or another directory */
+	bool ram_need_tmpfs;   /* only use ram_dir if it is a tmpfs ("auto") */
+	uint64_t ram_reserved; /* bytes promised to running pulls' RAM trees */
 } mbr_engine;
+
+/* Where unpacked trees go: "auto" (default: /dev/shm when it is a tmpfs and the tree
+ * fits), "disk" (always under the store's tmp/), or a directory to use like /dev/shm. */
+int mbr_engine_set_scratch(mbr_engine *e, const char *mode, mb_err *err);
 
 /* Caller frees with mbr_engine_free (only when no pull is active). */
 mbr_engine *mbr_engine_new(const struct mbr_io *io, const char *images_dir, mb_err *err);
@@ -64,7 +75,8 @@ struct mbr_pull_result {
 	size_t nlayers;
 	int64_t size; /* config + compressed layers, bytes */
 	const char *disk;
-	bool cached; /* the disk already existed */
+	bool cached;      /* the disk already existed */
+	bool ram_scratch; /* the tree was unpacked in RAM */
 };
 
 typedef struct mbr_pull mbr_pull;

@@ -1,5 +1,6 @@
 #include "ref.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
@@ -291,8 +292,10 @@ bool mbr_host_is_loopback(const char *domain)
 	char *colon = strchr(host, ':');
 	if (colon)
 		*colon = '\0';
-	return !strcmp(host, "localhost") || !strcmp(host, "127.0.0.1") ||
-	       !strncmp(host, "127.", 4);
+	/* 127.0.0.0/8 only as a literal address: "127.example.com" is somebody's host */
+	struct in_addr a;
+	return !strcmp(host, "localhost") ||
+	       (inet_pton(AF_INET, host, &a) == 1 && (ntohl(a.s_addr) >> 24) == 127);
 }
 
 int mbr_registry_key(const char *in, char *buf, size_t n)

@@ -47,9 +47,16 @@ extern struct rp rp;
 /* Credentials for a registry host: login store first, then ~/.docker/config.json.
  * Fills *c (caller clears) and returns 0, or -ENOENT. */
 int rp_cred_lookup(const char *registry, struct mbr_cred *c);
-/* Store or drop credentials (persisted asynchronously, 0600). */
-int rp_cred_store(const char *registry, const char *user, const char *pass, mb_err *err);
-int rp_cred_forget(const char *registry, mb_err *err);
+/* Store or drop credentials in memory at once, and in auth.json (0600) on a worker; fn
+ * (may be NULL) runs on the loop thread once the file holds the change (err NULL) or the
+ * write failed. -EINVAL (bad registry name) and -ENOENT (forget: not logged in) are
+ * returned, and then fn is not called. */
+typedef void (*rp_saved_fn)(void *arg, const mb_err *err);
+int rp_cred_store(const char *registry, const char *user, const char *pass, rp_saved_fn fn,
+                  void *arg, mb_err *err);
+int rp_cred_forget(const char *registry, rp_saved_fn fn, void *arg, mb_err *err);
+/* At shutdown: writes still running tell nobody. */
+void rp_cred_cancel_saves(void);
 /* [{"registry","username"}] of stored logins; new reference; never secrets. */
 json_t *rp_cred_list(void);
 

@@ -52,6 +52,7 @@ void mbr_store_free(mbr_store *s)
 	free(s->blobs);
 	free(s->disks);
 	free(s->tmp);
+	free(s->ram_tmp);
 	free(s);
 }
 
@@ -71,14 +72,39 @@ char *mbr_store_disk_path(const mbr_store *s, const char *image_id)
 	return mbr_sprintf("%s/sha256-%s.erofs", s->disks, hex);
 }
 
-char *mbr_store_tmp_path(const mbr_store *s, const char *prefix)
+static char *unique_path(const char *dir, const char *prefix)
 {
 	static atomic_uint counter;
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
-	return mbr_sprintf("%s/%s-%d-%lx-%u", s->tmp, prefix, (int)getpid(),
+	return mbr_sprintf("%s/%s-%d-%lx-%u", dir, prefix, (int)getpid(),
 	                   (unsigned long)ts.tv_nsec ^ (unsigned long)ts.tv_sec,
 	                   atomic_fetch_add(&counter, 1));
+}
+
+char *mbr_store_tmp_path(const mbr_store *s, const char *prefix)
+{
+	return unique_path(s->tmp, prefix);
+}
+
+char *mbr_store_ram_path(const mbr_store *s, const char *prefix)
+{
+	return s->ram_tmp ? unique_path(s->ram_tmp, prefix) : NULL;
+}
+
+int mbr_store_set_ram_dir(mbr_store *s, const char *dir, mb_err *err)
+{
+	char *p = NULL;
+	if (dir && *dir) {
+		char h[MBR_DIGEST_LEN + 1];
+		mbr_sha256_buf(s->root, strlen(s->root), h);
+		p = mbr_sprintf("%s/moonbox-%.16s", dir, h + 7);
+		if (!p)
+			return mb_err_set(err, -ENOMEM, "out of memory");
+	}
+	free(s->ram_tmp);
+	s->ram_tmp = p;
+	return 0;
 }
 
 bool mbr_store_has_blob(const mbr_store *s, const char *digest, int64_t *size)
@@ -327,9 +353,19 @@ int mbr_store_gc(const mbr_store *s, const mbr_strset *live_blobs, const mbr_str
 	       &st->bytes_freed);
 	if (!clean_tmp)
 		return 0;
-	DIR *d = opendir(s->tmp);
-	if (!d)
+	if (access(s->tmp, F_OK) < 0)
 		return mb_err_set(err, -errno, "open %s: %s", s->tmp, strerror(errno));
+	mbr_store_sweep_tmp(s, 0, st);
+	return 0;
+}
+
+/* Remove the entries of dir (modified before `before`, 0: all), except partial downloads
+ * younger than a day. */
+static void sweep_dir(const char *dir, int64_t before, struct mbr_gc_stats *st)
+{
+	DIR *d = opendir(dir);
+	if (!d)
+		return;
 	int dfd = dirfd(d);
 	struct dirent *de;
 	time_t now = time(NULL);
@@ -338,6 +374,8 @@ int mbr_store_gc(const mbr_store *s, const mbr_strset *live_blobs, const mbr_str
 			continue;
 		struct stat sb;
 		if (fstatat(dfd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) < 0)
+			continue;
+		if (before && sb.st_mtime >= before)
 			continue;
 		size_t len = strlen(de->d_name);
 		bool partial = len > 8 && !strcmp(de->d_name + len - 8, ".partial");
@@ -350,5 +388,11 @@ int mbr_store_gc(const mbr_store *s, const mbr_strset *live_blobs, const mbr_str
 		}
 	}
 	closedir(d);
-	return 0;
+}
+
+void mbr_store_sweep_tmp(const mbr_store *s, int64_t before, struct mbr_gc_stats *st)
+{
+	sweep_dir(s->tmp, before, st);
+	if (s->ram_tmp)
+		sweep_dir(s->ram_tmp, before, st);
 }

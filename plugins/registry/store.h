@@ -19,10 +19,11 @@
 #include "util.h"
 
 typedef struct mbr_store {
-	char *root;  /* <state_dir>/images */
-	char *blobs; /* root/blobs/sha256 */
-	char *disks; /* root/disks */
-	char *tmp;   /* root/tmp */
+	char *root;    /* <state_dir>/images */
+	char *blobs;   /* root/blobs/sha256 */
+	char *disks;   /* root/disks */
+	char *tmp;     /* root/tmp */
+	char *ram_tmp; /* scratch trees kept in RAM: <ram dir>/moonbox-<hash of root>, or NULL */
 } mbr_store;
 
 /* Create the directories (cheap mkdirs). Caller frees with mbr_store_free. */
@@ -34,6 +35,11 @@ char *mbr_store_blob_path(const mbr_store *s, const char *digest);
 char *mbr_store_disk_path(const mbr_store *s, const char *image_id);
 /* A fresh unique path under tmp/ (not created). Caller frees. */
 char *mbr_store_tmp_path(const mbr_store *s, const char *prefix);
+/* The same under ram_tmp (NULL when there is none). Caller frees. */
+char *mbr_store_ram_path(const mbr_store *s, const char *prefix);
+/* Scratch trees in RAM go below <dir>/moonbox-<hash of the store root>/ (one directory per
+ * store, so daemons with other state dirs never sweep each other's). NULL: none. */
+int mbr_store_set_ram_dir(mbr_store *s, const char *dir, mb_err *err);
 /* stat() only. size (may be NULL) receives the file size. */
 bool mbr_store_has_blob(const mbr_store *s, const char *digest, int64_t *size);
 
@@ -75,5 +81,9 @@ struct mbr_gc_stats {
  * everything under tmp/ except recent partial downloads. Blocking. */
 int mbr_store_gc(const mbr_store *s, const mbr_strset *live_blobs, const mbr_strset *live_disks,
                  int64_t before, bool clean_tmp, struct mbr_gc_stats *st, mb_err *err);
+/* Remove what an earlier process left in tmp/ and ram_tmp (scratch trees, imports; partial
+ * downloads younger than a day are kept) that was last modified before `before` (unix
+ * seconds), so that jobs started since are left alone. Blocking. */
+void mbr_store_sweep_tmp(const mbr_store *s, int64_t before, struct mbr_gc_stats *st);
 
 #endif

@@ -1,161 +1,231 @@
--- REST v1: images and registry credentials (draft, written against the core's route API
--- described in the registry brief; see plugins/registry/README.md for the Lua module).
+-- REST v1: images and registry credentials, on top of the registry plugin's Lua module
+-- (plugins/registry/README.md). Errors are {"error":{"code","message"[,"field"]}} with
+-- the status api.fail() gives the code: invalid 400, unauthorized 401, not_found 404,
+-- conflict 409, corrupt 422, unreachable 502, cancelled 503, no_space 507.
 --
---   POST   /v1/images/pull             {"reference", "auth"?, "platform"?}
---                                      -> application/x-ndjson progress lines, then the image
---                                         record or an error line (?stream=0: one JSON answer)
---   GET    /v1/images                  -> [record...]
---   GET    /v1/images/{id}             -> record ({id}: id, short id, or URL-encoded reference)
---   DELETE /v1/images/{id}[?force=1]   -> {id, untagged, deleted}; 409 while in use
---   POST   /v1/images/load             archive as the body (or ?path= a file on the host)
---   GET    /v1/registries              -> [{registry, username}] (never passwords)
---   POST   /v1/registries/login        {"registry", "username", "password", "verify"?}
---   DELETE /v1/registries/{registry}   -> logout
+--   POST   /v1/images/pull           {"reference", "auth"?, "platform"?} (or X-Registry-Auth)
+--            -> 200 application/x-ndjson: one progress object per line
+--               {"status","reference","id","bytes_done","bytes_total","layers":[...]},
+--               then {"status":"done","image":{record}}
+--                 or {"status":"error","error":{"code","message","status"}}.
+--               The stream starts once the manifest is resolved: a failure before that
+--               (bad reference, unknown image, wrong password, registry down) is a plain
+--               error response with its own status. ?stream=0: one JSON answer instead.
+--   GET    /v1/images                -> [record, ...] newest first
+--   GET    /v1/images/{ref*}         -> record (id, short id, reference, name@digest)
+--   DELETE /v1/images/{ref*}[?force=1] -> {id, untagged, deleted}; 409 while in use
+--   POST   /v1/images/load           body: a docker-save or OCI archive (.tar, .tar.gz)
+--                                    -> {"images": [record, ...]}
+--   POST   /v1/images/gc             -> {blobs_removed, disks_removed, tmp_removed, bytes_freed}
+--   GET    /v1/registries            -> [{registry, username}] (never passwords or tokens)
+--   POST   /v1/registries/login      {"registry", "username", "password", "verify"?}
+--   DELETE /v1/registries/{registry*} -> logout
+--
+-- Credentials given to these endpoints go straight to the plugin; they are never logged,
+-- emitted as events or echoed back.
 
-local registry = require("registry")
-
--- registry error codes -> HTTP status
-local STATUS = {
-	invalid = 400,
-	unauthorized = 401,
-	not_found = 404,
-	conflict = 409,
-	unreachable = 502,
-	corrupt = 502, -- the registry served bad content
-	no_space = 507,
-	cancelled = 503,
-}
+-- The module is looked up per call, so these routes load (and answer 503) without the
+-- plugin, and work once it is loaded at runtime.
+local function reg()
+  local r = rawget(_G, "registry")
+  if type(r) ~= "table" then
+    api.error(503, "unavailable", "the registry plugin is not loaded")
+  end
+  return r
+end
 
 local function fail(msg, code)
-	api.error(STATUS[code] or 500, code or "error", msg or "unknown error")
+  api.fail(msg or "unknown error", code or "internal")
 end
 
--- Credentials from the body ({username,password} or {token}) or Docker's X-Registry-Auth
--- header (base64url JSON), passed through to the plugin; never logged or echoed.
+local function bad(field, msg)
+  api.error(400, "invalid", field .. ": " .. msg, { field = field })
+end
+
+local function flag(v)
+  return v == "1" or v == "true" or v == "yes"
+end
+
+-- Credentials from the body ({username, password} or {token}) or Docker's X-Registry-Auth
+-- header (base64url JSON), handed to the plugin as they are.
 local function auth_of(req, body)
-	if type(body) == "table" and body.auth ~= nil then
-		if type(body.auth) ~= "table" then
-			api.error(400, "invalid", "auth: must be an object {username, password} or {token}")
-		end
-		return body.auth
-	end
-	local h = req.headers["x-registry-auth"]
-	if h and h ~= "" then
-		return h
-	end
-	return nil
+  local a = body.auth
+  if a ~= nil then
+    if type(a) ~= "table" or json.is_array(a) then
+      bad("auth", "must be an object {username, password} or {token}")
+    end
+    for _, k in ipairs({ "username", "password", "token", "identitytoken" }) do
+      if a[k] ~= nil and type(a[k]) ~= "string" then
+        bad("auth." .. k, "must be a string")
+      end
+    end
+    if not a.token and not a.identitytoken and not (a.username and a.password) then
+      bad("auth", "needs username and password, or token")
+    end
+    return { username = a.username, password = a.password, token = a.token,
+      identitytoken = a.identitytoken }
+  end
+  local h = req.headers["x-registry-auth"]
+  if h and h ~= "" then
+    return h
+  end
+  return nil
 end
 
-local function unsubscribe(sub)
-	if type(sub) == "table" and sub.cancel then
-		sub:cancel()
-	elseif type(sub) == "function" then
-		sub()
-	end
+local function error_line(msg, code)
+  code = code or "internal"
+  return { status = "error",
+    error = { code = code, message = msg or "unknown error", status = api.status_for(code) } }
 end
 
 api.route("POST", "/v1/images/pull", function(req)
-	local body = req:json() or {}
-	if type(body.reference) ~= "string" or body.reference == "" then
-		api.error(400, "invalid", "reference: a non-empty string is required")
-	end
-	if body.platform ~= nil and type(body.platform) ~= "string" then
-		api.error(400, "invalid", "platform: must be a string like \"linux/amd64\"")
-	end
-	local parsed, perr = registry.parse(body.reference)
-	if not parsed then
-		api.error(400, "invalid", "reference: " .. perr)
-	end
-	-- plain HTTP is the operator's decision (registry.configure{insecure=...}), not the client's
-	local opts = { auth = auth_of(req, body), platform = body.platform }
+  local registry = reg()
+  local body = req:json()
+  if type(body) ~= "table" or json.is_array(body) then
+    api.error(400, "invalid", "the body must be a JSON object")
+  end
+  if type(body.reference) ~= "string" or body.reference == "" then
+    bad("reference", "a non-empty string is required")
+  end
+  local parsed, perr = registry.parse(body.reference)
+  if not parsed then
+    bad("reference", perr)
+  end
+  if body.platform ~= nil and (type(body.platform) ~= "string"
+    or not body.platform:match("^[%w_]+/[%w_]+$") and not body.platform:match("^[%w_]+/[%w_]+/[%w_]+$")) then
+    bad("platform", "must look like \"linux/amd64\" or \"linux/arm64/v8\"")
+  end
+  local opts = { auth = auth_of(req, body), platform = body.platform }
 
-	if req.query.stream == "0" or req.query.stream == "false" then
-		local img, msg, code = registry.pull(body.reference, opts)
-		if not img then
-			fail(msg, code)
-		end
-		return 200, img
-	end
+  if req.query.stream == "0" or req.query.stream == "false" then
+    local img, msg, code = registry.pull(body.reference, opts)
+    if not img then
+      fail(msg, code)
+    end
+    return 200, img
+  end
 
-	local s = req:stream(200, { ["content-type"] = "application/x-ndjson" })
-	local want = parsed.reference
-	local sub = events.on("image.pull.progress", function(ev)
-		if ev.reference == want then
-			s:write(json.encode({ status = ev.status, progress = ev }) .. "\n")
-		end
-	end)
-	local img, msg, code = registry.pull(body.reference, opts)
-	unsubscribe(sub)
-	if img then
-		s:write(json.encode({ status = "done", image = img }) .. "\n")
-	else
-		s:write(json.encode({ error = { code = code or "error", message = msg } }) .. "\n")
-	end
-	s:close()
+  -- The pull runs in its own task; this one relays the progress events of its reference
+  -- and learns that the pull is over when the subscription is closed under it.
+  local sub = events.subscribe({ pattern = "image.pull.progress" })
+  local res
+  task.spawn(function()
+    res = table.pack(pcall(registry.pull, body.reference, opts))
+    sub:close()
+  end)
+  local s
+  local function open()
+    s = req:stream(200, { ["content-type"] = "application/x-ndjson" })
+  end
+  while true do
+    local ev = sub:next()
+    if not ev then
+      break
+    end
+    local d = ev.data
+    if type(d) == "table" and d.reference == parsed.reference then
+      if not s and d.status ~= "resolving" then
+        open()
+      end
+      if s and not s:write(json.encode(d) .. "\n") then
+        return -- the client is gone; the pull goes on and is recorded
+      end
+    end
+  end
+  local ok, img, msg, code = res[1], res[2], res[3], res[4]
+  if not ok then
+    error(img, 0) -- a bug in the call, not an operational failure
+  end
+  if not s then
+    if not img then
+      fail(msg, code) -- nothing streamed yet: a plain error with its own status
+    end
+    open()
+  end
+  if img then
+    s:write(json.encode({ status = "done", image = img }) .. "\n")
+  else
+    s:write(json.encode(error_line(msg, code)) .. "\n")
+  end
+  s:close()
 end)
 
 api.route("GET", "/v1/images", function(req)
-	return 200, registry.list()
+  return 200, json.array(reg().list())
 end)
 
-api.route("GET", "/v1/images/{id}", function(req)
-	local img, msg, code = registry.inspect(req.params.id)
-	if not img then
-		fail(msg, code)
-	end
-	return 200, img
+api.route("GET", "/v1/images/{ref*}", function(req)
+  local img, msg, code = reg().inspect(req.params.ref)
+  if not img then
+    fail(msg, code)
+  end
+  return 200, img
 end)
 
-api.route("DELETE", "/v1/images/{id}", function(req)
-	local force = req.query.force == "1" or req.query.force == "true"
-	local res, msg, code = registry.remove(req.params.id, { force = force })
-	if not res then
-		fail(msg, code)
-	end
-	return 200, res
+api.route("DELETE", "/v1/images/{ref*}", function(req)
+  local res, msg, code = reg().remove(req.params.ref, { force = flag(req.query.force) })
+  if not res then
+    fail(msg, code)
+  end
+  return 200, res
 end)
 
+-- The archive is streamed to a temp file by the core (removed after the request).
 api.route("POST", "/v1/images/load", function(req)
-	-- The archive must not sit in Lua memory: the core is expected to spool large request
-	-- bodies to a file and expose its path (req.body_path). ?path= loads a file that is
-	-- already on the host (operator use).
-	local path = req.query.path or req.body_path
-	if not path then
-		api.error(501, "not_implemented",
-			"upload spooling is not available; use ?path= with an archive on the host")
-	end
-	local images, msg, code = registry.load(path, { platform = req.query.platform })
-	if not images then
-		fail(msg, code)
-	end
-	return 200, { images = images }
+  if not req.body_path or (req.body_size or 0) == 0 then
+    api.error(400, "invalid", "the request body must be an image archive (docker save or OCI, .tar or .tar.gz)")
+  end
+  local platform = req.query.platform
+  if platform ~= nil and not platform:match("^[%w_]+/[%w_]+") then
+    bad("platform", "must look like \"linux/amd64\"")
+  end
+  local images, msg, code = reg().load(req.body_path, { platform = platform })
+  if not images then
+    fail(msg, code)
+  end
+  return 200, { images = json.array(images) }
+end, { body = "file" })
+
+api.route("POST", "/v1/images/gc", function(req)
+  local st, msg, code = reg().gc()
+  if not st then
+    fail(msg, code)
+  end
+  return 200, st
 end)
 
 api.route("GET", "/v1/registries", function(req)
-	return 200, registry.logins()
+  return 200, json.array(reg().logins())
 end)
 
 api.route("POST", "/v1/registries/login", function(req)
-	local body = req:json() or {}
-	for _, field in ipairs({ "registry", "username", "password" }) do
-		if type(body[field]) ~= "string" or body[field] == "" then
-			api.error(400, "invalid", field .. ": a non-empty string is required")
-		end
-	end
-	local ok, msg, code = registry.login(body.registry, body.username, body.password,
-		{ verify = body.verify ~= false })
-	if not ok then
-		fail(msg, code)
-	end
-	return 200, { status = "Login Succeeded", registry = body.registry }
+  local registry = reg()
+  local body = req:json()
+  if type(body) ~= "table" or json.is_array(body) then
+    api.error(400, "invalid", "the body must be a JSON object")
+  end
+  for _, field in ipairs({ "registry", "username", "password" }) do
+    if type(body[field]) ~= "string" or body[field] == "" then
+      bad(field, "a non-empty string is required")
+    end
+  end
+  if body.verify ~= nil and type(body.verify) ~= "boolean" then
+    bad("verify", "must be true or false")
+  end
+  local ok, msg, code = registry.login(body.registry, body.username, body.password,
+    { verify = body.verify ~= false })
+  if not ok then
+    fail(msg, code)
+  end
+  return 200, { status = "Login Succeeded", registry = body.registry, username = body.username }
 end)
 
-api.route("DELETE", "/v1/registries/{registry}", function(req)
-	local ok, msg, code = registry.logout(req.params.registry)
-	if not ok then
-		fail(msg, code)
-	end
-	return 200, { status = "Logged out", registry = req.params.registry }
+api.route("DELETE", "/v1/registries/{registry*}", function(req)
+  local ok, msg, code = reg().logout(req.params.registry)
+  if not ok then
+    fail(msg, code)
+  end
+  return 200, { status = "Logged out", registry = req.params.registry }
 end)
 
 -- documentation (served in /v1/openapi.json)

@@ -23,6 +23,11 @@ fixture_cleanup() {
 			[ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
 		done <"$FIXTURE_DIR/pids"
 	fi
+	if [ -n "${FIXTURE_DIR:-}" ]; then # file systems the tests mounted below it
+		{ findmnt -rn -o TARGET | grep "^$FIXTURE_DIR/" || true; } | sort -r | while read -r m; do
+			umount "$m" 2>/dev/null || true
+		done
+	fi
 	if [ -n "${FIXTURE_DIR:-}" ] && [ "${KEEP_FIXTURE:-0}" != 1 ]; then
 		case "$FIXTURE_DIR" in /tmp/mbr-fixture-*) rm -rf -- "$FIXTURE_DIR" ;; esac
 	fi

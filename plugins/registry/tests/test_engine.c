@@ -83,10 +83,29 @@ static void test_sync_failures(void **state)
 	mbr_rm_tree(dir, NULL);
 }
 
+/* Plain HTTP only for loopback addresses, configured insecure registries, or when asked. */
+static void test_scheme(void **state)
+{
+	mbr_client *c = mbr_client_new(&io, NULL);
+	assert_non_null(c);
+	assert_string_equal(mbr_client_scheme(c, "docker.io", false), "https");
+	assert_string_equal(mbr_client_scheme(c, "registry.example.com:5000", false), "https");
+	assert_string_equal(mbr_client_scheme(c, "127.example.com", false), "https");
+	assert_string_equal(mbr_client_scheme(c, "127.0.0.1:5000", false), "http");
+	assert_string_equal(mbr_client_scheme(c, "localhost:5000", false), "http");
+	assert_string_equal(mbr_client_scheme(c, "[::1]:5000", false), "http");
+	assert_int_equal(mbr_strset_add(&c->insecure, "myreg.lan:5000"), 1);
+	assert_string_equal(mbr_client_scheme(c, "myreg.lan:5000", false), "http");
+	assert_string_equal(mbr_client_scheme(c, "myreg.lan", false), "https");
+	assert_string_equal(mbr_client_scheme(c, "registry.example.com", true), "http");
+	mbr_client_free(c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_sync_failures),
+		cmocka_unit_test(test_scheme),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

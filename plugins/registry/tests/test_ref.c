@@ -69,6 +69,10 @@ static void test_fields(void **state)
 	assert_true(mbr_host_is_loopback("127.0.0.1:5000"));
 	assert_true(mbr_host_is_loopback("[::1]:80"));
 	assert_false(mbr_host_is_loopback("127x.example"));
+	assert_true(mbr_host_is_loopback("127.0.0.2:5000"));
+	assert_false(mbr_host_is_loopback("127.example.com:5000"));
+	assert_false(mbr_host_is_loopback("127.0.0.1.nip.io"));
+	assert_false(mbr_host_is_loopback("localhost.example.com"));
 }
 
 static void test_invalid(void **state)

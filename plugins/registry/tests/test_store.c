@@ -1,3 +1,4 @@
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -155,6 +156,58 @@ static void test_gc(void **state)
 	mbr_strset_free(&disks);
 }
 
+static void make_old(const char *path, bool is_dir)
+{
+	if (is_dir)
+		assert_int_equal(mkdir(path, 0700), 0);
+	else
+		assert_int_equal(mbr_write_file_atomic(path, "x", 1, 0600, NULL), 0);
+	struct timespec ts[2] = { { time(NULL) - 60, 0 }, { time(NULL) - 60, 0 } };
+	assert_int_equal(utimensat(AT_FDCWD, path, ts, 0), 0);
+}
+
+/* Start-up sweep: leftovers of an earlier run go, in tmp/ and in the RAM directory;
+ * partial downloads and anything newer than `before` stay. */
+static void test_sweep_tmp(void **state)
+{
+	char ram[200], p[400];
+	snprintf(ram, sizeof(ram), "%s/ram", dir);
+	assert_int_equal(mkdir(ram, 0700), 0);
+	assert_int_equal(mbr_store_set_ram_dir(st, ram, NULL), 0);
+	assert_non_null(st->ram_tmp);
+	assert_int_equal(strncmp(st->ram_tmp, ram, strlen(ram)), 0);
+	char *rp = mbr_store_ram_path(st, "unpack");
+	assert_non_null(rp);
+	assert_int_equal(strncmp(rp, st->ram_tmp, strlen(st->ram_tmp)), 0);
+	free(rp);
+	assert_int_equal(mbr_mkdir_p(st->ram_tmp, 0700, NULL), 0);
+
+	snprintf(p, sizeof(p), "%s/unpack-old", st->tmp);
+	make_old(p, true);
+	snprintf(p, sizeof(p), "%s/unpack-old", st->ram_tmp);
+	make_old(p, true);
+	snprintf(p, sizeof(p), "%s/abc.partial", st->tmp);
+	make_old(p, false);
+	snprintf(p, sizeof(p), "%s/unpack-new", st->tmp);
+	assert_int_equal(mkdir(p, 0700), 0);
+
+	struct mbr_gc_stats gs = { 0 };
+	mbr_store_sweep_tmp(st, time(NULL) - 5, &gs);
+	assert_int_equal(gs.tmp_removed, 2);
+	snprintf(p, sizeof(p), "%s/unpack-old", st->tmp);
+	assert_int_equal(access(p, F_OK), -1);
+	snprintf(p, sizeof(p), "%s/unpack-old", st->ram_tmp);
+	assert_int_equal(access(p, F_OK), -1);
+	snprintf(p, sizeof(p), "%s/abc.partial", st->tmp);
+	assert_int_equal(access(p, F_OK), 0);
+	snprintf(p, sizeof(p), "%s/unpack-new", st->tmp);
+	assert_int_equal(access(p, F_OK), 0);
+
+	assert_int_equal(mbr_store_set_ram_dir(st, NULL, NULL), 0);
+	assert_null(st->ram_tmp);
+	assert_null(mbr_store_ram_path(st, "unpack"));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -163,6 +216,7 @@ int main(void)
 		cmocka_unit_test(test_mismatch_and_truncation),
 		cmocka_unit_test(test_resume),
 		cmocka_unit_test(test_gc),
+		cmocka_unit_test(test_sweep_tmp),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
