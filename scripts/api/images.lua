@@ -231,15 +231,36 @@ end)
 -- documentation (served in /v1/openapi.json)
 local apidoc = require("apidoc")
 local T = { "images" }
-apidoc.add("POST", "/v1/images/pull", { summary = "Pull an image; answers a progress stream", tags = T,
+apidoc.schema("Image", { type = "object", description = "An image record (plugins/registry/README.md)",
+  properties = { id = { type = "string" }, short_id = { type = "string" },
+    references = { type = "array", items = { type = "string" } },
+    repo_digests = { type = "array", items = { type = "string" } }, manifest_digest = { type = "string" },
+    config = { type = "object" }, layers = { type = "array", items = { type = "object" } },
+    size = { type = "integer" }, disk = { type = "string" }, pulled_at = { type = "integer" },
+    in_use = { type = "integer" }, holders = { type = "array", items = { type = "string" } } } })
+apidoc.add("POST", "/v1/images/pull", { summary = "Pull an image; answers a progress stream (ndjson)",
+  tags = T, query = { { name = "stream", type = "boolean", desc = "0: one JSON answer instead of the stream" } },
   body = { type = "object", required = { "reference" }, properties = { reference = { type = "string" },
-    auth = { type = "object" } } }, responses = { [200] = "ndjson", [400] = true } })
-apidoc.add("GET", "/v1/images", { summary = "List images", tags = T })
-apidoc.add("GET", "/v1/images/{id}", { summary = "Inspect an image", tags = T, responses = { [200] = true, [404] = true } })
-apidoc.add("DELETE", "/v1/images/{id}", { summary = "Remove an image (409 while in use)", tags = T,
-  responses = { [204] = true, [404] = true, [409] = true } })
-apidoc.add("POST", "/v1/images/load", { summary = "Import a docker-save or OCI archive", tags = T, body = "binary" })
+    auth = { type = "object", description = "{username, password} or {token}; or the X-Registry-Auth header" },
+    platform = { type = "string" } } },
+  responses = { [200] = "ndjson", [400] = true, [401] = true, [404] = true, [502] = true } })
+apidoc.add("GET", "/v1/images", { summary = "List images, newest first", tags = T,
+  responses = { [200] = { type = "array", items = { ["$ref"] = "#/components/schemas/Image" } } } })
+apidoc.add("GET", "/v1/images/{ref*}", { summary = "Inspect an image (id, short id, reference or name@digest)",
+  tags = T, responses = { [200] = "Image", [404] = true } })
+apidoc.add("DELETE", "/v1/images/{ref*}", { summary = "Remove an image or one of its names (409 while in use)",
+  tags = T, query = { { name = "force", type = "boolean", desc = "untag an id with several names" } },
+  responses = { [200] = { type = "object" }, [404] = true, [409] = true } })
+apidoc.add("POST", "/v1/images/load", { summary = "Import a docker-save or OCI archive (.tar, .tar.gz)",
+  tags = T, body = "binary", query = { { name = "platform", desc = "e.g. linux/amd64" } },
+  responses = { [200] = { type = "object" }, [400] = true, [422] = true } })
+apidoc.add("POST", "/v1/images/gc", { summary = "Collect unreferenced blobs, disks and temp files", tags = T,
+  responses = { [200] = { type = "object" }, [409] = true } })
 apidoc.add("GET", "/v1/registries", { summary = "Registries with stored credentials (never the secrets)", tags = T })
-apidoc.add("POST", "/v1/registries/login", { summary = "Store registry credentials (0600)", tags = T })
-apidoc.add("DELETE", "/v1/registries/{registry}", { summary = "Forget a registry's credentials", tags = T,
-  responses = { [204] = true, [404] = true } })
+apidoc.add("POST", "/v1/registries/login", { summary = "Check and store registry credentials (0600)", tags = T,
+  body = { type = "object", required = { "registry", "username", "password" }, properties = {
+    registry = { type = "string" }, username = { type = "string" }, password = { type = "string" },
+    verify = { type = "boolean" } } },
+  responses = { [200] = { type = "object" }, [400] = true, [401] = true, [502] = true } })
+apidoc.add("DELETE", "/v1/registries/{registry*}", { summary = "Forget a registry's credentials", tags = T,
+  responses = { [200] = { type = "object" }, [404] = true } })
