@@ -18,6 +18,7 @@
  *   req.method, req.path, req.params, req.query, req.headers (lower-case names),
  *   req.body, req.body_path, req.body_size, req.id, req.remote
  *   req:json()                         decoded body; raises 400 on bad JSON
+ *   req:query_all(name)                every value of a repeated query parameter
  *   req:stream([status [, headers]])   -> stream   chunked response
  *   req:sse([headers])                 -> stream   text/event-stream
  *     stream:write(s) / stream:send{event=, id=, data=} / stream:comment(s)
@@ -471,6 +472,34 @@ static int req_index(lua_State *L)
 		lua_getfield(L, -1, "methods");
 		lua_getfield(L, -1, k);
 	}
+	return 1;
+}
+
+struct qall {
+	lua_State *L;
+	const char *name;
+	int n;
+};
+
+static enum MHD_Result collect_all(void *cls, enum MHD_ValueKind kind, const char *key,
+				   const char *value)
+{
+	struct qall *q = cls;
+	if (key && strcmp(key, q->name) == 0) {
+		lua_pushstring(q->L, value ? value : "");
+		lua_rawseti(q->L, -2, ++q->n);
+	}
+	return MHD_YES;
+}
+
+/* req:query_all(name) -> every value of a repeated query parameter, in order */
+static int req_query_all(lua_State *L)
+{
+	struct lreq *q = check_req(L, 1);
+	struct qall a = { L, luaL_checkstring(L, 2), 0 };
+	lua_newtable(L);
+	if (q->r && q->r->conn)
+		MHD_get_connection_values(q->r->conn, MHD_GET_ARGUMENT_KIND, collect_all, &a);
 	return 1;
 }
 
@@ -986,7 +1015,7 @@ void api_dispatch(struct hreq *r)
 
 static const luaL_Reg req_methods[] = {
 	{ "json", req_json },           { "stream", req_stream }, { "sse", req_sse },
-	{ "websocket", req_websocket }, { NULL, NULL },
+	{ "websocket", req_websocket }, { "query_all", req_query_all }, { NULL, NULL },
 };
 
 static const luaL_Reg stream_methods[] = {

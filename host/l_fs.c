@@ -7,6 +7,7 @@
  *   fs.stat(path)                      -> {type=, size=, mode=, mtime=} | nil, msg, code
  *   fs.mkdir(path [, mode])            -> true  (with parents)
  *   fs.remove(path)                    -> true  (a file or an empty directory)
+ *   fs.rename(from, to)                -> true  (atomic within a file system)
  *   fs.list(dir)                       -> { name, ... } sorted
  *   fs.rmtree(path)                    -> true  (waits: runs on a worker; stays on one
  *                                                file system, never follows symlinks)
@@ -135,6 +136,16 @@ static int l_remove(lua_State *L)
 	const char *path = luaL_checkstring(L, 1);
 	if (remove(path) < 0)
 		return fail_errno(L, "remove", path);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static int l_rename(lua_State *L)
+{
+	const char *from = luaL_checkstring(L, 1);
+	const char *to = luaL_checkstring(L, 2);
+	if (rename(from, to) < 0)
+		return fail_errno(L, "rename", from);
 	lua_pushboolean(L, 1);
 	return 1;
 }
@@ -349,7 +360,7 @@ static int l_copy(lua_State *L)
 static const luaL_Reg funcs[] = {
 	{ "read", l_read },     { "write", l_write },       { "append", l_append },
 	{ "exists", l_exists }, { "stat", l_stat },         { "mkdir", l_mkdir },
-	{ "remove", l_remove }, { "list", l_list },         { "rmtree", l_rmtree },
+	{ "remove", l_remove }, { "rename", l_rename }, { "list", l_list },         { "rmtree", l_rmtree },
 	{ "copy", l_copy },     { "truncate", l_truncate }, { NULL, NULL },
 };
 

@@ -9,6 +9,8 @@
  *   task.id()            -> id of the running task (nil outside tasks)
  *   task.count()         -> live tasks
  *   task.yield()         -> let other tasks run, then continue
+ *   task.cond()          -> a condition: cond:wait([timeout]) ⏳ -> true | nil, "timeout";
+ *                           cond:signal() wakes every task waiting on it (returns how many)
  */
 #include <errno.h>
 
@@ -228,6 +230,121 @@ static int l_yield(lua_State *L)
 	return rt_wait_yield(L, y->w, NULL, 0);
 }
 
+/* --- conditions --- */
+
+#define COND_MT "moonbox.task.cond"
+
+struct waiter {
+	mb_wait *w;
+	mb_timer *t;
+	struct cond *c;
+	bool timed_out;
+	struct waiter *prev, *next;
+};
+
+struct cond {
+	struct waiter *head;
+};
+
+static void waiter_unlink(struct waiter *x)
+{
+	if (x->prev)
+		x->prev->next = x->next;
+	else if (x->c && x->c->head == x)
+		x->c->head = x->next;
+	if (x->next)
+		x->next->prev = x->prev;
+	x->prev = x->next = NULL;
+	x->c = NULL;
+}
+
+static void waiter_cancel(void *ud)
+{
+	struct waiter *x = ud;
+	waiter_unlink(x);
+	loop_timer_stop(x->t);
+	free(x);
+}
+
+static void waiter_wake(struct waiter *x, bool timed_out)
+{
+	mb_wait *w = x->w;
+	waiter_unlink(x);
+	loop_timer_stop(x->t);
+	x->t = NULL;
+	lua_State *T = rt_wait_thread(w);
+	int n;
+	if (timed_out) {
+		n = lua_failf(T, -ETIMEDOUT, "timeout");
+	} else {
+		lua_pushboolean(T, 1);
+		n = 1;
+	}
+	free(x);
+	rt_wait_done(w, n);
+}
+
+static void waiter_timeout(void *ud)
+{
+	struct waiter *x = ud;
+	x->t = NULL;
+	waiter_wake(x, true);
+}
+
+static int cond_wait(lua_State *L)
+{
+	struct cond *c = luaL_checkudata(L, 1, COND_MT);
+	double timeout = luaL_optnumber(L, 2, -1);
+	if (timeout == 0)
+		return lua_failf(L, -ETIMEDOUT, "timeout");
+	rt_wait_check(L);
+	struct waiter *x = xcalloc(1, sizeof(*x));
+	x->c = c;
+	x->next = c->head;
+	if (c->head)
+		c->head->prev = x;
+	c->head = x;
+	x->w = rt_wait_begin(L, waiter_cancel, x);
+	if (timeout > 0)
+		x->t = loop_timer((uint64_t)(timeout * 1000), waiter_timeout, x);
+	/* the cond object stays referenced by this stack while we wait */
+	return rt_wait_yield(L, x->w, NULL, 0);
+}
+
+static int cond_signal(lua_State *L)
+{
+	struct cond *c = luaL_checkudata(L, 1, COND_MT);
+	int n = 0;
+	while (c->head) {
+		waiter_wake(c->head, false);
+		n++;
+	}
+	lua_pushinteger(L, n);
+	return 1;
+}
+
+static int cond_gc(lua_State *L)
+{
+	struct cond *c = luaL_checkudata(L, 1, COND_MT);
+	while (c->head) /* cannot happen while someone waits (they hold a reference) */
+		waiter_unlink(c->head);
+	return 0;
+}
+
+static int l_cond(lua_State *L)
+{
+	struct cond *c = lua_newuserdatauv(L, sizeof(*c), 0);
+	c->head = NULL;
+	luaL_setmetatable(L, COND_MT);
+	return 1;
+}
+
+static const luaL_Reg cond_methods[] = {
+	{ "wait", cond_wait },
+	{ "signal", cond_signal },
+	{ NULL, NULL },
+};
+
 static const luaL_Reg methods[] = {
 	{ "wait", h_wait },
 	{ "cancel", h_cancel },
@@ -237,7 +354,7 @@ static const luaL_Reg methods[] = {
 
 static const luaL_Reg funcs[] = {
 	{ "spawn", l_spawn }, { "id", l_id }, { "count", l_count },
-	{ "yield", l_yield }, { NULL, NULL },
+	{ "yield", l_yield }, { "cond", l_cond }, { NULL, NULL },
 };
 
 int luaopen_mb_task(lua_State *L)
@@ -249,6 +366,13 @@ int luaopen_mb_task(lua_State *L)
 	lua_setfield(L, -2, "__gc");
 	luaL_newlib(L, methods);
 	lua_setfield(L, -2, "methods");
+	lua_pop(L, 1);
+	luaL_newmetatable(L, COND_MT);
+	lua_newtable(L);
+	luaL_setfuncs(L, cond_methods, 0);
+	lua_setfield(L, -2, "__index");
+	lua_pushcfunction(L, cond_gc);
+	lua_setfield(L, -2, "__gc");
 	lua_pop(L, 1);
 	luaL_newlib(L, funcs);
 	return 1;

@@ -44,6 +44,24 @@ function T.test_cancel_runs_cleanup()
   ok(closed, "to-be-closed variable closed on cancel")
 end
 
+function T.test_conditions()
+  local c = task.cond()
+  local woke = {}
+  local hs = {}
+  for i = 1, 3 do hs[i] = task.spawn(function() ok(c:wait(5)); woke[#woke + 1] = i end) end
+  task.yield()
+  eq(c:signal(), 3)
+  for i = 1, 3 do hs[i]:wait() end
+  eq(#woke, 3)
+  local r, _, code = c:wait(0.02)
+  eq(r, nil); eq(code, "timeout")
+  eq(c:signal(), 0)
+  -- a cancelled waiter leaves the condition clean
+  local h = task.spawn(function() c:wait() end)
+  task.yield(); h:cancel()
+  eq(c:signal(), 0)
+end
+
 function T.test_wait_timeout()
   local h = task.spawn(function() timer.sleep(5) end)
   local r, _, code = h:wait(0.05)

@@ -1,0 +1,492 @@
+-- REST API v1: containers. The behaviour lives in lib/runtime.lua; this file maps HTTP
+-- to it. Errors are {"error":{"code","message",...}} with the status of their code
+-- (400 names the field, 409 carries the current state).
+local containers = require("containers")
+local runtime = require("runtime")
+local logs = require("logs")
+local tar = require("tar")
+
+-- Turn runtime's nil, msg, code, extra into an HTTP error.
+local function check(ok_, msg, code, extra)
+  if ok_ == nil or ok_ == false then api.fail(msg or "failed", code or "internal", extra) end
+  return ok_
+end
+
+local function find(req)
+  return check(containers.get(req.params.id))
+end
+
+local function truthy(v)
+  return v == "1" or v == "true" or v == "yes"
+end
+
+local function number_param(req, name, min, max)
+  local v = req.query[name]
+  if v == nil or v == "" then return nil end
+  local n = tonumber(v)
+  if not n or (min and n < min) or (max and n > max) then
+    api.error(400, "invalid", string.format("%s: must be a number%s", name,
+      min and string.format(" between %s and %s", min, max) or ""), { field = name })
+  end
+  return n
+end
+
+-- RFC 3339 or unix seconds
+local function time_param(req, name)
+  local v = req.query[name]
+  if v == nil or v == "" then return nil end
+  local n = tonumber(v)
+  if n then return n end
+  local y, mo, d, h, mi, s = v:match("^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)")
+  if not y then api.error(400, "invalid", name .. ": a unix time or an RFC 3339 date is required", { field = name }) end
+  -- UTC: os.time() takes local time, so correct by the offset of the epoch
+  local t = os.time({ year = y, month = mo, day = d, hour = h, min = mi, sec = s })
+  return t - (os.time(os.date("*t", 0)) - os.time(os.date("!*t", 0)))
+end
+
+-- --- create, list, inspect, update, delete --------------------------------------------
+
+api.route("POST", "/v1/containers", function(req)
+  local body = req:json()
+  local c = check(runtime.create(body))
+  if truthy(req.query.start) then check(runtime.start(c.id)) end
+  return 201, { id = c.id, name = c.name, warnings = json.array() }
+end)
+
+api.route("GET", "/v1/containers", function(req)
+  local q = req.query
+  local all = truthy(q.all) or q.state ~= nil
+  local label_k, label_v
+  if q.label then label_k, label_v = q.label:match("^([^=]+)=?(.*)$") end
+  local out = json.array()
+  for _, c in ipairs(containers.all()) do
+    local keep = all or c.state == "running" or c.state == "paused" or c.state == "restarting"
+      or c.state == "booting" or c.state == "initializing"
+    if q.state and c.state ~= q.state then keep = false end
+    if q.name and not c.name:find(q.name, 1, true) then keep = false end
+    if label_k then
+      local v = (c.config.labels or {})[label_k]
+      if v == nil or (label_v ~= "" and v ~= label_v) then keep = false end
+    end
+    if keep then out[#out + 1] = containers.summary(c) end
+  end
+  return out
+end)
+
+api.route("GET", "/v1/containers/{id}", function(req)
+  return containers.inspect(find(req))
+end)
+
+api.route("PATCH", "/v1/containers/{id}", function(req)
+  local c = check(runtime.update(find(req).id, req:json()))
+  return containers.inspect(c)
+end)
+
+api.route("DELETE", "/v1/containers/{id}", function(req)
+  local c = find(req)
+  check(runtime.remove(c.id, { force = truthy(req.query.force), volumes = truthy(req.query.volumes) }))
+  return 204
+end)
+
+api.route("GET", "/v1/containers/{id}/transitions", function(req)
+  local c = find(req)
+  return containers.transitions(c.id, number_param(req, "limit", 1, 1000) or 50)
+end)
+
+-- --- actions -------------------------------------------------------------------------
+
+local function action(fn)
+  return function(req)
+    local c = find(req)
+    check(fn(c, req))
+    return containers.inspect(check(containers.get(c.id)))
+  end
+end
+
+api.route("POST", "/v1/containers/{id}/start", action(function(c) return runtime.start(c.id, "started by request") end))
+api.route("POST", "/v1/containers/{id}/stop", action(function(c, req)
+  return runtime.stop(c.id, { timeout = number_param(req, "timeout", 0, 3600) })
+end))
+api.route("POST", "/v1/containers/{id}/restart", action(function(c, req)
+  return runtime.restart(c.id, "restarted by request", { timeout = number_param(req, "timeout", 0, 3600) })
+end))
+api.route("POST", "/v1/containers/{id}/pause", action(function(c) return runtime.pause(c.id) end))
+api.route("POST", "/v1/containers/{id}/resume", action(function(c) return runtime.resume(c.id) end))
+api.route("POST", "/v1/containers/{id}/kill", action(function(c, req)
+  return runtime.kill(c.id, req.query.signal or "SIGKILL")
+end))
+
+api.route("POST", "/v1/containers/{id}/wait", function(req)
+  local c = find(req)
+  local cond = req.query.condition or "not-running"
+  if cond ~= "not-running" and cond ~= "next-exit" and cond ~= "removed" then
+    api.error(400, "invalid", "condition: must be not-running, next-exit or removed", { field = "condition" })
+  end
+  return check(runtime.wait(c.id, cond, number_param(req, "timeout", 0, 86400)))
+end)
+
+api.route("POST", "/v1/containers/{id}/exec", function(req)
+  local c = find(req)
+  return check(runtime.exec(c.id, req:json()))
+end)
+
+-- --- interactive: exec and attach over WebSocket ----------------------------------------
+-- binary frames: stdin (client) / output (server; without a tty the first byte is the
+-- stream, 1 stdout or 2 stderr); text frames: JSON control messages
+-- {"type":"resize","rows","cols"}, {"type":"eof"} (client) and {"type":"exit","exit_code"}
+-- (server, last).
+
+local function pump_output(sock, vmid, pid, stream, tty)
+  local offset = 0
+  while true do
+    local data, nxt, eof = vm.read(vmid, pid, stream, offset, { wait = 25, max = 256 * 1024 })
+    if data == nil then
+      if not tostring(nxt):find("timeout") then return end
+    else
+      if #data > 0 then
+        local ok_ = sock:send(tty and data or ((stream == "stdout" and "\1" or "\2") .. data), "binary")
+        if not ok_ then return end
+      end
+      offset = nxt or offset
+      if eof then return end
+    end
+  end
+end
+
+local function control_loop(sock, on_data, on_control)
+  while true do
+    local msg, kind = sock:recv()
+    if not msg then return end
+    if kind == "binary" then
+      on_data(msg)
+    else
+      local m = json.decode(msg)
+      if type(m) == "table" then on_control(m) end
+    end
+  end
+end
+
+local function ws_precheck(req)
+  local c = find(req)
+  if c.state ~= "running" then
+    api.error(409, "conflict", "container " .. c.name .. " is " .. c.state, { state = c.state })
+  end
+  return c
+end
+
+api.route("GET", "/v1/containers/{id}/exec/ws", function(req)
+  local c = ws_precheck(req)
+  local q = req.query
+  local cmd = req:query_all("cmd")
+  if #cmd == 0 then api.error(400, "invalid", "cmd: at least one cmd= parameter is required", { field = "cmd" }) end
+  local tty = truthy(q.tty)
+  local rows = number_param(req, "rows", 1, 1000) or 24
+  local cols = number_param(req, "cols", 1, 1000) or 80
+  local env = req:query_all("env")
+  local sock = req:websocket()
+  local vmid = c.runtime.vm_id
+  local pid = "exec-" .. moonbox.random(6)
+  local p, err = vm.exec(vmid, { id = pid, argv = cmd, env = env, user = q.user, cwd = q.workdir,
+                                 tty = tty, stdin = true, rows = math.floor(rows), cols = math.floor(cols) })
+  if not p then
+    sock:send(json.encode({ type = "error", message = tostring(err) }))
+    sock:send(json.encode({ type = "exit", exit_code = 126 }))
+    sock:close(1011, "exec failed")
+    return
+  end
+  local outs = { task.spawn(pump_output, sock, vmid, pid, "stdout", tty) }
+  if not tty then outs[2] = task.spawn(pump_output, sock, vmid, pid, "stderr", false) end
+  local waiter = task.spawn(function()
+    local st = vm.wait(vmid, pid)
+    for _, h in ipairs(outs) do h:wait(10) end
+    local code = st and (st.exit_code or (st.signal and 128 + st.signal)) or 255
+    sock:send(json.encode({ type = "exit", exit_code = code }))
+    sock:close(1000, "exited")
+  end)
+  control_loop(sock, function(data) vm.write(vmid, pid, data) end, function(m)
+    if m.type == "resize" and tonumber(m.rows) and tonumber(m.cols) then
+      vm.resize(vmid, pid, math.floor(m.rows), math.floor(m.cols))
+    elseif m.type == "eof" then
+      vm.close_stdin(vmid, pid)
+    end
+  end)
+  -- the client went away first: end the process, like a closed terminal
+  if waiter:status() == "running" then
+    vm.signal(vmid, pid, 1)
+    waiter:wait(5)
+    if waiter:status() == "running" then vm.signal(vmid, pid, 9); waiter:wait(5) end
+  end
+  waiter:cancel()
+  for _, h in ipairs(outs) do h:cancel() end
+  vm.release(vmid, pid)
+end)
+
+api.route("GET", "/v1/containers/{id}/attach/ws", function(req)
+  local c = ws_precheck(req)
+  local tty = c.config.tty
+  local replay = req.query.logs == nil or truthy(req.query.logs)
+  local sock = req:websocket()
+  local id, vmid = c.id, c.runtime.vm_id
+  -- subscribe and read what is already there in one go (no wait between): no gap
+  local sub = logs.raw_subscribe(id)
+  if replay then
+    local eol = tty and "\r\n" or "\n"
+    for _, e in ipairs(logs.read(id, { tail = 1000 })) do
+      local line = e.line .. eol
+      sock:send(tty and line or ((e.stream == "stdout" and "\1" or "\2") .. line), "binary")
+    end
+    for stream, rest in pairs(sub.partial) do
+      if rest ~= "" then sock:send(tty and rest or ((stream == "stdout" and "\1" or "\2") .. rest), "binary") end
+    end
+  end
+  local forward = task.spawn(function()
+    while true do
+      local chunks = sub:next(15)
+      for _, ch in ipairs(chunks or {}) do
+        if not sock:send(tty and ch.data or ((ch.stream == "stdout" and "\1" or "\2") .. ch.data), "binary") then
+          return
+        end
+      end
+      local cur = containers.get(id)
+      if not cur or (cur.state ~= "running" and cur.state ~= "paused" and cur.state ~= "initializing") then
+        local st = runtime.wait(id, "not-running", 10) or {}
+        sock:send(json.encode({ type = "exit", exit_code = st.exit_code or 0 }))
+        sock:close(1000, "exited")
+        return
+      end
+    end
+  end)
+  control_loop(sock, function(data)
+    if c.config.stdin then vm.write(vmid, "main", data) end
+  end, function(m)
+    if m.type == "resize" and tonumber(m.rows) and tonumber(m.cols) then
+      vm.resize(vmid, "main", math.floor(m.rows), math.floor(m.cols))
+    elseif m.type == "eof" and c.config.stdin then
+      vm.close_stdin(vmid, "main")
+    end
+  end)
+  sub:close()
+  forward:cancel()
+end)
+
+-- --- logs ------------------------------------------------------------------------------
+
+api.route("GET", "/v1/containers/{id}/logs", function(req)
+  local c = find(req)
+  local q = req.query
+  local opts = {
+    since = time_param(req, "since"), until_ = time_param(req, "until"),
+    tail = (q.tail and q.tail ~= "all") and number_param(req, "tail", 0, 1e9) or nil,
+    stdout = q.stdout ~= "0" and q.stdout ~= "false",
+    stderr = q.stderr ~= "0" and q.stderr ~= "false",
+  }
+  local format = q.format or "json"
+  if format ~= "json" and format ~= "text" then
+    api.error(400, "invalid", "format: must be json or text", { field = "format" })
+  end
+  local ts = truthy(q.timestamps)
+  local function render(entries)
+    local out = {}
+    for i, e in ipairs(entries) do
+      out[i] = format == "json" and json.encode(e) or logs.format(e, ts)
+    end
+    return #out > 0 and (table.concat(out, "\n") .. "\n") or ""
+  end
+  local ctype = format == "json" and "application/x-ndjson" or "text/plain; charset=utf-8"
+  local headers = { ["Content-Type"] = ctype }
+  if truthy(q.download) then
+    headers["Content-Disposition"] = string.format('attachment; filename="%s.log"', c.name)
+  end
+  if not truthy(q.follow) then
+    return 200, render(logs.read(c.id, opts)), headers
+  end
+  local sub = logs.subscribe(c.id) -- before reading, in the same slice: no gap
+  local first = render(logs.read(c.id, opts))
+  local s = req:stream(200, headers)
+  local ok_ = first == "" or s:write(first)
+  while ok_ do
+    local batch = sub:next(15)
+    if batch and #batch > 0 then
+      local keep = {}
+      for _, e in ipairs(batch) do
+        if (e.stream == "stdout" and opts.stdout or e.stream == "stderr" and opts.stderr)
+          and (not opts.until_ or e.time < opts.until_) then keep[#keep + 1] = e end
+      end
+      if #keep > 0 then ok_ = s:write(render(keep)) end
+    else
+      local cur = containers.get(c.id)
+      if not cur or (cur.state ~= "running" and cur.state ~= "paused" and cur.state ~= "restarting"
+        and cur.state ~= "booting" and cur.state ~= "initializing" and cur.state ~= "stopping") then
+        break
+      end
+      if s:is_closed() then break end
+    end
+  end
+  sub:close()
+  s:close()
+end)
+
+-- --- stats and processes ----------------------------------------------------------------
+
+local function public_sample(s)
+  return { time = s.time, cpu_percent = s.cpu_percent, memory_used = s.memory_used,
+           memory_limit = s.memory_limit, memory_percent = s.memory_percent, net_rx = s.net_rx,
+           net_tx = s.net_tx, block_read = s.block_read, block_write = s.block_write, pids = s.pids,
+           uptime = s.uptime }
+end
+
+api.route("GET", "/v1/containers/{id}/stats", function(req)
+  local c = find(req)
+  if c.state ~= "running" and c.state ~= "paused" then
+    api.error(409, "conflict", "container " .. c.name .. " is " .. c.state, { state = c.state })
+  end
+  local l = runtime.live(c.id)
+  local prev = l.last_sample
+  if not prev or timer.now() - prev.mono > 30 then
+    prev = check(runtime.sample(c, nil))
+    timer.sleep(0.5)
+  end
+  if not truthy(req.query.stream) then
+    return public_sample(check(runtime.sample(c, prev)))
+  end
+  local s = req:stream(200, { ["Content-Type"] = "application/x-ndjson" })
+  while true do
+    c = containers.get(c.id)
+    if not c or (c.state ~= "running" and c.state ~= "paused") then break end
+    local cur = runtime.sample(c, prev)
+    if not cur then break end
+    prev = cur
+    if not s:write(json.encode(public_sample(cur)) .. "\n") then break end
+    timer.sleep(1)
+  end
+  s:close()
+end)
+
+api.route("GET", "/v1/containers/{id}/stats/history", function(req)
+  local c = find(req)
+  local out = json.array()
+  for i, s in ipairs(runtime.history(c.id)) do out[i] = public_sample(s) end
+  return { interval = 10, samples = out }
+end)
+
+-- ps-like listing from the container's /proc (read through the agent)
+api.route("GET", "/v1/containers/{id}/top", function(req)
+  local c = ws_precheck(req)
+  local vmid = c.runtime.vm_id
+  local entries = check(vm.fs_readdir(vmid, "/proc"))
+  local users = {}
+  local passwd = vm.fs_read(vmid, "/etc/passwd")
+  for line in (type(passwd) == "string" and passwd or ""):gmatch("[^\n]+") do
+    local name, uid = line:match("^([^:]*):[^:]*:(%d+):")
+    if name then users[tonumber(uid)] = name end
+  end
+  local procs = json.array()
+  for _, e in ipairs(entries) do
+    local name = type(e) == "table" and e.name or e
+    if tostring(name):find("^%d+$") then
+      local stat = vm.fs_read(vmid, "/proc/" .. name .. "/stat")
+      local status = vm.fs_read(vmid, "/proc/" .. name .. "/status")
+      local cmdline = vm.fs_read(vmid, "/proc/" .. name .. "/cmdline")
+      if type(stat) == "string" then
+        local comm, rest = stat:match("%((.*)%) (.*)")
+        local fields = {}
+        for f in (rest or ""):gmatch("%S+") do fields[#fields + 1] = f end
+        local ticks = (tonumber(fields[12]) or 0) + (tonumber(fields[13]) or 0)
+        local uid = type(status) == "string" and tonumber(status:match("Uid:%s+(%d+)")) or 0
+        local cmd = type(cmdline) == "string" and cmdline:gsub("%z$", ""):gsub("%z", " ") or ""
+        local secs = ticks // 100
+        procs[#procs + 1] = { name, users[uid] or tostring(uid), fields[2] or "?",
+          string.format("%02d:%02d:%02d", secs // 3600, secs // 60 % 60, secs % 60),
+          cmd ~= "" and cmd or ("[" .. (comm or "?") .. "]") }
+      end
+    end
+  end
+  table.sort(procs, function(a, b) return tonumber(a[1]) < tonumber(b[1]) end)
+  return { titles = { "PID", "USER", "STATE", "TIME", "COMMAND" }, processes = procs }
+end)
+
+-- --- copying files in and out (tar) --------------------------------------------------------
+
+local function stat_path(vmid, path)
+  local st, err, code = vm.fs_stat(vmid, path)
+  if not st then
+    if code == "not_found" then api.error(404, "not_found", "no such file in the container: " .. path) end
+    api.fail(err, code)
+  end
+  return st
+end
+
+api.route("GET", "/v1/containers/{id}/archive", function(req)
+  local c = ws_precheck(req)
+  local path = req.query.path
+  if type(path) ~= "string" or path:sub(1, 1) ~= "/" then
+    api.error(400, "invalid", "path: an absolute path in the container is required", { field = "path" })
+  end
+  local vmid = c.runtime.vm_id
+  local root = stat_path(vmid, path)
+  local base = path:match("([^/]+)/*$") or "root"
+  local s = req:stream(200, { ["Content-Type"] = "application/x-tar",
+                              ["Content-Disposition"] = 'attachment; filename="' .. base .. '.tar"' })
+  local function add(p, st, name, depth)
+    if depth > 64 then return true end
+    local kind = st.type
+    if kind == "directory" or kind == "dir" then
+      if not s:write(tar.header { name = name, type = "dir", mode = st.mode, mtime = st.mtime }) then return false end
+      local list = vm.fs_readdir(vmid, p) or {}
+      for _, e in ipairs(list) do
+        local child = type(e) == "table" and e.name or e
+        if child ~= "." and child ~= ".." then
+          local cst = vm.fs_stat(vmid, p .. "/" .. child)
+          if cst and not add(p .. "/" .. child, cst, name .. "/" .. child, depth + 1) then return false end
+        end
+      end
+      return true
+    elseif kind == "symlink" or kind == "link" then
+      return s:write(tar.header { name = name, type = "symlink", link = st.target or st.link or "", mtime = st.mtime })
+    elseif kind == "file" or kind == "regular" then
+      local data = vm.fs_read(vmid, p) or ""
+      return s:write(tar.header { name = name, type = "file", size = #data, mode = st.mode, mtime = st.mtime })
+        and s:write(data .. tar.pad(#data))
+    end
+    return true -- devices, sockets: skipped
+  end
+  if add(path, root, base, 0) then s:write(tar.finish()) end
+  s:close()
+end)
+
+api.route("PUT", "/v1/containers/{id}/archive", function(req)
+  local c = ws_precheck(req)
+  local dest = req.query.path
+  if type(dest) ~= "string" or dest:sub(1, 1) ~= "/" then
+    api.error(400, "invalid", "path: an absolute directory in the container is required", { field = "path" })
+  end
+  local vmid = c.runtime.vm_id
+  local st = stat_path(vmid, dest)
+  if st.type ~= "directory" and st.type ~= "dir" then
+    api.error(400, "invalid", "path: " .. dest .. " is not a directory", { field = "path" })
+  end
+  local data = req.body_path and fs.read(req.body_path, 1 << 30) or req.body
+  local n = 0
+  local ok_, err = pcall(function()
+    for e in tar.entries(data) do
+      local rel = tar.safe_name(e.name)
+      if not rel then error("unsafe name in the archive: " .. tostring(e.name), 0) end
+      local target = (dest == "/" and "" or dest) .. "/" .. rel
+      if e.type == "dir" then
+        check(vm.fs_mkdir(vmid, target, { mode = e.mode, parents = true }))
+      elseif e.type == "file" then
+        local parent = target:match("^(.*)/[^/]+$")
+        if parent and parent ~= "" then vm.fs_mkdir(vmid, parent, { parents = true }) end
+        check(vm.fs_write(vmid, target, e.data, { mode = e.mode }))
+        n = n + 1
+      elseif e.type == "symlink" then
+        check(vm.fs_symlink(vmid, e.link, target))
+      end
+    end
+  end)
+  if not ok_ then
+    if type(err) == "table" then error(err, 0) end
+    api.error(400, "invalid", tostring(err))
+  end
+  return { written = n }
+end, { body = "file" })
