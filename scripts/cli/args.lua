@@ -196,9 +196,10 @@ function M.help(spec, prog)
     out[#out + 1] = ""
     out[#out + 1] = "Commands:"
     local w = 0
-    for _, s in ipairs(spec.subcommands) do if #s.name > w then w = #s.name end end
+    local function short(s) return s.name:match("(%S+)$") end
+    for _, s in ipairs(spec.subcommands) do if #short(s) > w then w = #short(s) end end
     for _, s in ipairs(spec.subcommands) do
-      out[#out + 1] = "  " .. s.name .. string.rep(" ", w - #s.name + 3) .. (s.summary or "")
+      out[#out + 1] = "  " .. short(s) .. string.rep(" ", w - #short(s) + 3) .. (s.summary or "")
     end
     out[#out + 1] = ""
     out[#out + 1] = "Run '" .. prog .. " " .. spec.name .. " COMMAND --help' for more information on a command."

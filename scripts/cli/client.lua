@@ -123,7 +123,7 @@ function C:connect_error(msg, code)
 end
 
 -- The API's {"error": {...}} (or whatever the body says) as an err table.
-function M.api_error(status, body)
+function M.api_error(status, body, method, path)
   local err = { kind = "api", status = status }
   local ok, decoded = pcall(json.decode, body or "")
   if ok and type(decoded) == "table" and type(decoded.error) == "table" then
@@ -135,6 +135,12 @@ function M.api_error(status, body)
   else
     local text = tostring(body or ""):gsub("%s+$", "")
     err.message = text ~= "" and text or ("HTTP " .. tostring(status))
+  end
+  if status == 404 and err.message == "no such endpoint" and path then
+    -- the daemon predates (or was built without) this part of the API
+    err.unsupported = true
+    err.message = "no such endpoint: " .. method .. " " .. path:gsub("%?.*$", "") ..
+      " (this daemon does not support it)"
   end
   err.code = err.code or (status == 404 and "not_found" or status == 409 and "conflict" or
     status == 400 and "invalid" or status == 401 and "unauthorized" or "error")
@@ -173,7 +179,7 @@ end
 function C:call(method, path, opts)
   local resp, msg, code = http.request(request_opts(self, method, path, opts))
   if not resp then return nil, self:connect_error(msg, code) end
-  if resp.status >= 400 then return nil, M.api_error(resp.status, resp.body) end
+  if resp.status >= 400 then return nil, M.api_error(resp.status, resp.body, method, path) end
   return decode(resp.body), resp
 end
 
@@ -194,7 +200,7 @@ function C:stream(method, path, opts)
       parts[#parts + 1] = chunk
     end
     resp:close()
-    return nil, M.api_error(resp.status, table.concat(parts))
+    return nil, M.api_error(resp.status, table.concat(parts), method, path)
   end
   return resp
 end
