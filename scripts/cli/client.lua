@@ -176,8 +176,17 @@ local function decode(body)
   return body
 end
 
+local DEBUG = (os.getenv("MOONBOX_DEBUG") or "") ~= ""
+
+local function trace(fmt, ...)
+  if DEBUG then term.ewrite(string.format("[moonbox] " .. fmt .. "\n", ...)) end
+end
+
 function C:call(method, path, opts)
-  local resp, msg, code = http.request(request_opts(self, method, path, opts))
+  local ro = request_opts(self, method, path, opts)
+  trace("%s %s %s", method, ro.url, ro.body or (ro.body_file and ("<" .. ro.body_file)) or "")
+  local resp, msg, code = http.request(ro)
+  trace("-> %s %s", resp and resp.status or code, resp and resp.body:sub(1, 300) or msg)
   if not resp then return nil, self:connect_error(msg, code) end
   if resp.status >= 400 then return nil, M.api_error(resp.status, resp.body, method, path) end
   return decode(resp.body), resp

@@ -108,8 +108,8 @@ function M.volume(spec)
   if dst == "" or dst:sub(1, 1) ~= "/" then return bad("the container path must be absolute") end
   if mode then
     local ok = true
-    for m in mode:gmatch("[^,]+") do
-      if m ~= "ro" and m ~= "rw" and m ~= "z" and m ~= "Z" then ok = false end
+    for m in mode:gmatch("[^,]+") do -- (no SELinux z/Z: the daemon takes ro/rw)
+      if m ~= "ro" and m ~= "rw" then ok = false end
     end
     if not ok or mode == "" then return bad("mode must be ro or rw") end
   end

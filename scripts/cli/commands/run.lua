@@ -138,7 +138,7 @@ function M.body(o, pos, cmd)
     end
     if o.health_retries then
       if o.health_retries < 0 then usage("--health-retries cannot be negative", cmd) end
-      hc.retries = o.health_retries
+      if o.health_retries > 0 then hc.retries = o.health_retries end -- 0: the default
     end
     if not hc.test then usage("--health-* options need --health-cmd", cmd) end
     b.healthcheck = hc
@@ -175,7 +175,11 @@ local function ensure_image(api, image, o)
     return nil, { kind = "api", code = "not_found", message = "No such image: " .. image }
   end
   if policy == "missing" and not o.quiet then
-    out.err("Unable to find image '" .. image .. "' locally")
+    local shown = image
+    if not image:find("@", 1, true) and not (image:match("([^/]*)$") or ""):find(":", 1, true) then
+      shown = image .. ":latest"
+    end
+    out.err("Unable to find image '" .. shown .. "' locally")
   end
   local rec, perr = images.pull(api, image, {
     quiet = o.quiet, tty = term.isatty(2), write = function(s) term.ewrite(s) end,
