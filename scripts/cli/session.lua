@@ -10,6 +10,7 @@
 --   opts.stdin   forward our stdin (then {"type":"eof"} at its end)
 --   opts.raw     put our terminal in raw mode for the session (restored on every path)
 --   opts.detach  a key sequence that detaches (attach: "\16\17", ctrl-p ctrl-q)
+--   opts.output  false: drop the output frames (it is read another way)
 -- Window size changes are forwarded while opts.tty and stdout is a terminal.
 local M = {}
 
@@ -84,7 +85,9 @@ function M.run(ws, opts)
       local data, kind = ws:recv()
       if not data then break end
       if kind == "binary" then
-        if opts.tty then
+        if opts.output == false then
+          -- output comes another way (run -i reads the log stream)
+        elseif opts.tty then
           term.write(data)
         elseif #data > 0 then
           if data:byte(1) == 2 then term.ewrite(data:sub(2)) else term.write(data:sub(2)) end

@@ -6,14 +6,16 @@ local opts_ = require("cli.opts")
 
 local M = {}
 
--- Streams a container's log (NDJSON from the API) to stdout/stderr by stream.
--- query: the API query (follow, tail, since, until). Returns true | nil, err.
-function M.stream(api, id, query, timestamps)
+-- Opens a container's log stream (NDJSON from the API). query: follow, tail, since,
+-- until. -> resp | nil, err. The stream is subscribed once this returns.
+function M.open(api, id, query)
   query = query or {}
   query.format = "json"
-  local resp, err = api:stream("GET", "/v1/containers/" .. client.urlencode(id) .. "/logs",
-    { query = query })
-  if not resp then return nil, err end
+  return api:stream("GET", "/v1/containers/" .. client.urlencode(id) .. "/logs", { query = query })
+end
+
+-- Copies an open log stream to stdout/stderr by stream. -> true | nil, err
+function M.pump(resp, timestamps)
   local ok, e = pcall(function()
     for line in client.lines(resp) do
       if line ~= "" then
@@ -35,6 +37,12 @@ function M.stream(api, id, query, timestamps)
     error(e, 0)
   end
   return true
+end
+
+function M.stream(api, id, query, timestamps)
+  local resp, err = M.open(api, id, query)
+  if not resp then return nil, err end
+  return M.pump(resp, timestamps)
 end
 
 M.logs = {

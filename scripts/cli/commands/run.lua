@@ -287,24 +287,40 @@ M.run = {
     local waiter = task.spawn(function()
       return api:call("POST", path .. "/wait", { query = { condition = "next-exit" } })
     end)
+    -- Without a tty the output comes from the log stream, opened before the start so
+    -- that nothing is missed (and nothing is lost to --rm); with a tty it comes raw
+    -- through the attach WebSocket, which needs the container running.
+    local log_resp
+    if not o.tty then
+      local lerr
+      log_resp, lerr = logs.open(api, id, { follow = 1 })
+      if not log_resp then
+        waiter:cancel()
+        out.err(errors.describe(lerr))
+        if o.rm then remove_quietly(api, id) end
+        return 125
+      end
+    end
     local started, err = api:call("POST", path .. "/start")
     if not started then
       waiter:cancel()
+      if log_resp then log_resp:close() end
       out.err(errors.describe(err))
       if o.rm then remove_quietly(api, id) end
       return 125
     end
 
     local session_code
+    local printer = log_resp and task.spawn(logs.pump, log_resp)
     if o.interactive or o.tty then
-      local query = {}
-      local ws, werr = api:websocket(path .. "/attach/ws", query)
+      local ws, werr = api:websocket(path .. "/attach/ws")
       if ws then
         if o.tty then
           local rows, cols = term.size()
           if rows then ws:send(json.encode({ type = "resize", rows = rows, cols = cols })) end
         end
         local res = session.run(ws, { tty = o.tty, stdin = o.interactive, raw = o.tty,
+                                      output = o.tty and true or false,
                                       detach = o.tty and "\16\17" or nil })
         if res.detached then
           waiter:cancel()
@@ -314,22 +330,29 @@ M.run = {
         end
         if res.error then out.err(res.error) end
         session_code = res.exit_code
-      elseif werr.status == 409 then
-        -- it is already over: show what it printed
-        logs.stream(api, id, {})
-      else
+      elseif (werr.status == 409 or werr.status == 404) and o.tty then
+        logs.stream(api, id, {}) -- it is already over: show what it printed
+      elseif werr.status ~= 409 and werr.status ~= 404 then
+        -- (409/404: it is already over; the log stream has its output)
         waiter:cancel()
+        if printer then printer:cancel() end
         out.err(errors.describe(werr))
         return 1
       end
-    else
-      local ok, lerr = logs.stream(api, id, { follow = 1 })
-      if not ok and lerr.status ~= 404 then
-        out.err(errors.describe(lerr))
+    end
+    local good, res, werr = waiter:wait()
+    if printer then
+      -- the log stream ends by itself once the container stopped (or went away); with a
+      -- restart policy it would go on: give it a moment to drain, then stop reading
+      local cur = api:call("GET", path, { timeout = 30 })
+      local st = type(cur) == "table" and format.v(cur.state)
+      if st == "restarting" or st == "running" or st == "booting" or st == "initializing" then
+        printer:wait(1)
+        printer:cancel()
+      else
+        printer:wait()
       end
     end
-
-    local good, res, werr = waiter:wait()
     if good and type(res) == "table" then
       if format.v(res.error) then out.err("moonbox: " .. tostring(res.error)) end
       local c = math.tointeger(format.v(res.exit_code))
