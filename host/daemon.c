@@ -375,6 +375,7 @@ void daemon_fini(void)
 	if (D.up_rt)
 		rt_fini();
 	D.up_rt = false;
+	plugins_free();
 	http_fini();
 	if (D.up_events)
 		events_fini();

@@ -404,6 +404,12 @@ void plugins_fini(void)
 			p->def->fini(p);
 		p->loaded = false;
 	}
+}
+
+void plugins_free(void)
+{
+	/* After the Lua state is closed: until then, plugin userdata may still be collected
+	 * and their __gc trampolines read these records (they do nothing once unloaded). */
 	while (plugins) {
 		mb_plugin *p = plugins;
 		plugins = p->next;

@@ -14,6 +14,9 @@ int plugin_unload(const char *name, mb_err *err);
 mb_plugin *plugin_find(const char *name);
 /* A JSON array describing the loaded plugins (new reference). */
 json_t *plugins_info(void);
+/* Call every plugin's fini (they stay mapped; their Lua functions now raise). */
 void plugins_fini(void);
+/* Free the plugin records: only after the Lua state is closed. */
+void plugins_free(void);
 
 #endif

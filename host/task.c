@@ -465,12 +465,17 @@ static int l_print(lua_State *L)
 /* load() restricted to text chunks: no binary bytecode from anywhere. */
 static int l_load_text(lua_State *L)
 {
-	lua_settop(L, 4);
+	/* load(chunk [, name [, mode [, env]]]) with mode forced to "t". The env argument is
+	 * passed on only if given: an explicit nil would become the chunk's _ENV. */
+	int n = lua_gettop(L);
+	if (n < 1)
+		return luaL_error(L, "bad argument #1 to 'load' (value expected)");
+	lua_settop(L, n < 3 ? 3 : n);
 	lua_pushstring(L, "t");
 	lua_replace(L, 3);
 	lua_pushvalue(L, lua_upvalueindex(1));
 	lua_insert(L, 1);
-	lua_call(L, 4, LUA_MULTRET);
+	lua_call(L, n >= 4 ? 4 : 3, LUA_MULTRET);
 	return lua_gettop(L);
 }
 

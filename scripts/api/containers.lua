@@ -395,7 +395,7 @@ api.route("GET", "/v1/containers/{id}/top", function(req)
         local uid = type(status) == "string" and tonumber(status:match("Uid:%s+(%d+)")) or 0
         local cmd = type(cmdline) == "string" and cmdline:gsub("%z$", ""):gsub("%z", " ") or ""
         local secs = ticks // 100
-        procs[#procs + 1] = { name, users[uid] or tostring(uid), fields[2] or "?",
+        procs[#procs + 1] = { name, users[uid] or tostring(uid), fields[1] or "?",
           string.format("%02d:%02d:%02d", secs // 3600, secs // 60 % 60, secs % 60),
           cmd ~= "" and cmd or ("[" .. (comm or "?") .. "]") }
       end
@@ -480,7 +480,7 @@ api.route("PUT", "/v1/containers/{id}/archive", function(req)
         check(vm.fs_write(vmid, target, e.data, { mode = e.mode }))
         n = n + 1
       elseif e.type == "symlink" then
-        check(vm.fs_symlink(vmid, e.link, target))
+        check(vm.fs_symlink(vmid, target, e.link))
       end
     end
   end)
@@ -490,3 +490,106 @@ api.route("PUT", "/v1/containers/{id}/archive", function(req)
   end
   return { written = n }
 end, { body = "file" })
+
+-- --- documentation (served in /v1/openapi.json) ------------------------------------------
+local apidoc = require("apidoc")
+local S = function(t) return { type = t } end
+local A = function(items) return { type = "array", items = items } end
+local PORT = { type = "object", properties = { host_ip = S("string"), host_port = S("integer"),
+  container_port = S("integer"), proto = { type = "string", enum = { "tcp", "udp" } } } }
+apidoc.schema("CreateSpec", { type = "object", required = { "image" }, properties = {
+  image = S("string"), name = S("string"), cmd = A(S("string")), entrypoint = A(S("string")),
+  env = { description = "[\"K=V\"] or {K: V}" }, workdir = S("string"), user = S("string"),
+  hostname = S("string"), cpus = { type = "number", minimum = 0.1, maximum = 16, multipleOf = 0.1 },
+  memory = { description = "bytes (64 MiB..32 GiB) or \"256m\"" },
+  ports = A({ description = "\"8080:80\", \"127.0.0.1:53:53/udp\", \"80\" or a port object" }),
+  volumes = A({ description = "\"name:/path[:ro]\", \"/host:/path[:ro]\", \"/path\" or an object" }),
+  network = S("string"), restart = { description = "no | always | unless-stopped | on-failure[:N]" },
+  healthcheck = { type = "object", properties = { test = A(S("string")), interval = S("number"),
+    timeout = S("number"), retries = S("integer"), start_period = S("number") } },
+  labels = { type = "object", additionalProperties = S("string") }, auto_remove = S("boolean"),
+  tty = S("boolean"), stdin = S("boolean"), stop_signal = S("string"), stop_timeout = S("number"),
+  disk_size = { description = "size of the writable layer" },
+  auth = { type = "object", description = "registry credentials for the pull; never stored" } } })
+apidoc.schema("ContainerSummary", { type = "object", properties = {
+  id = S("string"), short_id = S("string"), name = S("string"), image = S("string"), command = S("string"),
+  state = { type = "string", enum = { "creating", "created", "booting", "initializing", "running", "paused",
+    "stopping", "stopped", "restarting", "error" } },
+  status = S("string"), created = S("number"), ports = A(PORT), labels = S("object") } })
+apidoc.schema("Container", { allOf = { { ["$ref"] = "#/components/schemas/ContainerSummary" },
+  { type = "object", properties = { image_id = S("string"), state_detail = S("object"), config = S("object"),
+    resources = S("object"), mounts = A(S("object")), network = S("object"), restart_policy = S("object"),
+    auto_remove = S("boolean") } } } })
+apidoc.schema("Stats", { type = "object", properties = {
+  time = S("number"), cpu_percent = S("number"), memory_used = S("integer"), memory_limit = S("integer"),
+  memory_percent = S("number"), net_rx = S("integer"), net_tx = S("integer"), block_read = S("integer"),
+  block_write = S("integer"), pids = S("integer"), uptime = S("number") } })
+apidoc.schema("ExitStatus", { type = "object", properties = { exit_code = S("integer"), signal = S("integer"),
+  oom_killed = S("boolean"), error = S("string") } })
+
+local T = { "containers" }
+local OBJ = { [200] = "Container", [404] = true, [409] = true }
+apidoc.add("POST", "/v1/containers", { summary = "Create a container (the image is pulled if missing)", tags = T,
+  body = "CreateSpec", query = { { name = "start", type = "boolean", desc = "start it as well" } },
+  responses = { [201] = { type = "object", properties = { id = S("string"), name = S("string") } },
+                [400] = true, [404] = true, [409] = true, [501] = true } })
+apidoc.add("GET", "/v1/containers", { summary = "List containers", tags = T, query = {
+  { name = "all", type = "boolean", desc = "include stopped ones" }, { name = "state" },
+  { name = "label", desc = "key or key=value" }, { name = "name", desc = "substring" } },
+  responses = { [200] = A({ ["$ref"] = "#/components/schemas/ContainerSummary" }) } })
+apidoc.add("GET", "/v1/containers/{id}", { summary = "Inspect (id, name or unique id prefix)", tags = T,
+  responses = { [200] = "Container", [404] = true } })
+apidoc.add("PATCH", "/v1/containers/{id}", { summary = "Update cpus, memory (while stopped) or the restart policy",
+  tags = T, body = { type = "object", properties = { cpus = S("number"), memory = {}, restart = {} } },
+  responses = { [200] = "Container", [400] = true, [404] = true, [409] = true } })
+apidoc.add("DELETE", "/v1/containers/{id}", { summary = "Remove (VM, writable layer, network, anonymous volumes)",
+  tags = T, query = { { name = "force", type = "boolean", desc = "stop it first" },
+  { name = "volumes", type = "boolean" } }, responses = { [204] = true, [404] = true, [409] = true } })
+apidoc.add("GET", "/v1/containers/{id}/transitions", { summary = "State changes with their reasons", tags = T,
+  query = { { name = "limit", type = "integer" } } })
+apidoc.add("POST", "/v1/containers/{id}/start", { summary = "Start", tags = T, responses = OBJ })
+apidoc.add("POST", "/v1/containers/{id}/stop", { summary = "Stop: stop signal, grace period, then kill", tags = T,
+  query = { { name = "timeout", type = "number", desc = "grace period in seconds" } }, responses = OBJ })
+apidoc.add("POST", "/v1/containers/{id}/restart", { summary = "Restart", tags = T,
+  query = { { name = "timeout", type = "number" } }, responses = OBJ })
+apidoc.add("POST", "/v1/containers/{id}/pause", { summary = "Pause (the VM stops running)", tags = T, responses = OBJ })
+apidoc.add("POST", "/v1/containers/{id}/resume", { summary = "Resume", tags = T, responses = OBJ })
+apidoc.add("POST", "/v1/containers/{id}/kill", { summary = "Send a signal to the main process", tags = T,
+  query = { { name = "signal", desc = "name or number, default SIGKILL" } }, responses = OBJ })
+apidoc.add("POST", "/v1/containers/{id}/wait", { summary = "Wait for the container to stop (long poll)", tags = T,
+  query = { { name = "condition", desc = "not-running | next-exit | removed" }, { name = "timeout", type = "number" } },
+  responses = { [200] = "ExitStatus", [404] = true, [504] = true } })
+apidoc.add("POST", "/v1/containers/{id}/exec", { summary = "Run a command, return its output and exit code", tags = T,
+  body = { type = "object", required = { "cmd" }, properties = { cmd = A(S("string")), env = A(S("string")),
+    user = S("string"), workdir = S("string"), stdin = S("string"), timeout = S("number") } },
+  responses = { [200] = { type = "object", properties = { exit_code = S("integer"), stdout = S("string"),
+    stderr = S("string") } }, [400] = true, [404] = true, [409] = true } })
+apidoc.add("GET", "/v1/containers/{id}/exec/ws", { summary = "Interactive exec over WebSocket", tags = T,
+  desc = "Binary frames carry stdin and output (without a tty the first byte is the stream: 1 stdout, 2 stderr); "
+    .. "text frames carry JSON control messages: resize {rows, cols}, eof, and a final exit {exit_code}.",
+  query = { { name = "cmd", required = true, desc = "repeat for each argument" }, { name = "tty", type = "boolean" },
+    { name = "rows", type = "integer" }, { name = "cols", type = "integer" }, { name = "env", desc = "K=V, repeatable" },
+    { name = "user" }, { name = "workdir" } }, responses = { [101] = true, [400] = true, [404] = true, [409] = true } })
+apidoc.add("GET", "/v1/containers/{id}/attach/ws", { summary = "Attach to the main process over WebSocket", tags = T,
+  query = { { name = "logs", type = "boolean", desc = "replay the stored output first (default true)" } },
+  responses = { [101] = true, [404] = true, [409] = true } })
+apidoc.add("GET", "/v1/containers/{id}/logs", { summary = "Logs (stored, and followed)", tags = T, query = {
+  { name = "follow", type = "boolean" }, { name = "tail", desc = "number of lines or all" },
+  { name = "since", desc = "unix time or RFC 3339" }, { name = "until", desc = "unix time or RFC 3339" },
+  { name = "timestamps", type = "boolean" }, { name = "stdout", type = "boolean" }, { name = "stderr", type = "boolean" },
+  { name = "format", desc = "json (NDJSON {time, stream, line}) or text" },
+  { name = "download", type = "boolean", desc = "as an attachment" } },
+  responses = { [200] = "ndjson", [400] = true, [404] = true } })
+apidoc.add("GET", "/v1/containers/{id}/stats", { summary = "Usage now, or a stream (NDJSON each second)", tags = T,
+  query = { { name = "stream", type = "boolean" } }, responses = { [200] = "Stats", [404] = true, [409] = true } })
+apidoc.add("GET", "/v1/containers/{id}/stats/history", { summary = "Usage samples of the last hour (for charts)",
+  tags = T, responses = { [200] = { type = "object", properties = { interval = S("number"),
+    samples = A({ ["$ref"] = "#/components/schemas/Stats" }) } } } })
+apidoc.add("GET", "/v1/containers/{id}/top", { summary = "Processes in the container", tags = T,
+  responses = { [200] = { type = "object", properties = { titles = A(S("string")), processes = A(A(S("string"))) } },
+    [404] = true, [409] = true } })
+apidoc.add("GET", "/v1/containers/{id}/archive", { summary = "Copy a file or directory out (tar)", tags = T,
+  query = { { name = "path", required = true } }, responses = { [200] = "tar", [400] = true, [404] = true } })
+apidoc.add("PUT", "/v1/containers/{id}/archive", { summary = "Copy files in: a tar extracted into path", tags = T,
+  query = { { name = "path", required = true, desc = "an existing directory" } }, body = "tar",
+  responses = { [200] = { type = "object", properties = { written = S("integer") } }, [400] = true, [404] = true } })

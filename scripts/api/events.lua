@@ -36,3 +36,15 @@ api.route("GET", "/v1/events", function(req)
   sub:close()
   stream:close()
 end)
+
+require("apidoc").add("GET", "/v1/events", {
+  summary = "The event bus: server-sent events with replay, or a JSON array with follow=false",
+  tags = { "events" },
+  query = {
+    { name = "since", type = "integer", desc = "replay stored events after this id (Last-Event-ID works too)" },
+    { name = "type", desc = "glob on the event type, e.g. container.*" },
+    { name = "follow", type = "boolean", desc = "false: return stored events as JSON and stop" },
+    { name = "limit", type = "integer", desc = "with follow=false, at most this many (1..10000)" },
+  },
+  responses = { [200] = "sse", [400] = true },
+})

@@ -157,3 +157,19 @@ api.route("DELETE", "/v1/registries/{registry}", function(req)
 	end
 	return 200, { status = "Logged out", registry = req.params.registry }
 end)
+
+-- documentation (served in /v1/openapi.json)
+local apidoc = require("apidoc")
+local T = { "images" }
+apidoc.add("POST", "/v1/images/pull", { summary = "Pull an image; answers a progress stream", tags = T,
+  body = { type = "object", required = { "reference" }, properties = { reference = { type = "string" },
+    auth = { type = "object" } } }, responses = { [200] = "ndjson", [400] = true } })
+apidoc.add("GET", "/v1/images", { summary = "List images", tags = T })
+apidoc.add("GET", "/v1/images/{id}", { summary = "Inspect an image", tags = T, responses = { [200] = true, [404] = true } })
+apidoc.add("DELETE", "/v1/images/{id}", { summary = "Remove an image (409 while in use)", tags = T,
+  responses = { [204] = true, [404] = true, [409] = true } })
+apidoc.add("POST", "/v1/images/load", { summary = "Import a docker-save or OCI archive", tags = T, body = "binary" })
+apidoc.add("GET", "/v1/registries", { summary = "Registries with stored credentials (never the secrets)", tags = T })
+apidoc.add("POST", "/v1/registries/login", { summary = "Store registry credentials (0600)", tags = T })
+apidoc.add("DELETE", "/v1/registries/{registry}", { summary = "Forget a registry's credentials", tags = T,
+  responses = { [204] = true, [404] = true } })

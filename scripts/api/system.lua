@@ -79,3 +79,30 @@ api.route("DELETE", "/v1/system/plugins/{name}", function(req)
   if not good then api.fail(err, code) end
   return 204
 end)
+
+-- documentation (served in /v1/openapi.json)
+local apidoc = require("apidoc")
+apidoc.schema("Plugin", { type = "object", properties = {
+  name = { type = "string" }, version = { type = "string" }, summary = { type = "string" },
+  abi = { type = "string" }, path = { type = "string" }, resources = { type = "integer" },
+  info = { type = "object" } } })
+apidoc.schema("SystemInfo", { type = "object", properties = {
+  version = { type = "string" }, api_version = { type = "string" }, lua_version = { type = "string" },
+  plugin_abi = { type = "string" }, hostname = { type = "string" }, uptime = { type = "number" },
+  plugins = { type = "array", items = { ["$ref"] = "#/components/schemas/Plugin" } },
+  acceleration = { type = "object", properties = { selected = { type = "string" },
+    available = { type = "array", items = { type = "string" } }, reason = { type = "string" } } },
+  counts = { type = "object" } } })
+apidoc.add("GET", "/v1/health", { summary = "Liveness", tags = { "system" } })
+apidoc.add("GET", "/v1/system/info", { summary = "Versions, plugins, acceleration, counts", tags = { "system" },
+  responses = { [200] = "SystemInfo" } })
+apidoc.add("POST", "/v1/system/reload", { summary = "Reload the scripts (the old ones stay if one fails)",
+  tags = { "system" }, responses = { [200] = true, [422] = true } })
+apidoc.add("GET", "/v1/system/routes", { summary = "The routes the scripts declare", tags = { "system" } })
+apidoc.add("GET", "/v1/system/plugins", { summary = "Loaded plugins", tags = { "system" },
+  responses = { [200] = { type = "array", items = { ["$ref"] = "#/components/schemas/Plugin" } } } })
+apidoc.add("POST", "/v1/system/plugins", { summary = "Load a plugin into the running daemon", tags = { "system" },
+  body = { type = "object", properties = { path = { type = "string" } }, required = { "path" } },
+  responses = { [201] = "Plugin", [400] = true, [409] = true } })
+apidoc.add("DELETE", "/v1/system/plugins/{name}", { summary = "Unload a plugin (refused while it owns resources)",
+  tags = { "system" }, responses = { [204] = true, [404] = true, [409] = true } })

@@ -65,6 +65,25 @@ return {
     eq(#list, 2)
   end,
 
+  test_openapi_matches_the_routes = function()
+    local status, doc = call("GET", "/v1/openapi.json")
+    eq(status, 200)
+    eq(doc.openapi, "3.0.3")
+    local served = {}
+    for _, r in ipairs(api.routes()) do
+      if r.pattern:sub(1, 4) == "/v1/" then
+        local path = r.pattern:gsub("{(%w+)%*}", "{%1}")
+        served[r.method:lower() .. " " .. path] = true
+        local op = doc.paths[path] and doc.paths[path][r.method:lower()]
+        ok(op, "documented: " .. r.method .. " " .. r.pattern)
+        ok(not op["x-undocumented"], "has a summary: " .. r.method .. " " .. r.pattern)
+      end
+    end
+    for path, ops in pairs(doc.paths) do
+      for method in pairs(ops) do ok(served[method .. " " .. path], "served: " .. method .. " " .. path) end
+    end
+  end,
+
   test_plugin_endpoints_validate = function()
     local status, body = call("POST", "/v1/system/plugins", "{}")
     eq(status, 400); eq(body.error.field, "path")

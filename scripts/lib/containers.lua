@@ -88,12 +88,12 @@ end
 
 function M.insert(c)
   c.runtime = c.runtime or {}
-  local _, err, code = db.run(
+  local n, err, code = db.run(
     "INSERT INTO containers(id, name, image, image_id, state, reason, since, created, config, runtime) "
       .. "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     c.id, c.name, c.image, c.image_id, c.state, c.reason, c.since, c.created,
     json.encode(c.config), json.encode(c.runtime or {}))
-  if err then return nil, err, code end
+  if not n then return nil, err, code end
   S.rt[c.id] = c.runtime
   db.run("INSERT INTO container_transitions(container, time, from_state, to_state, reason) VALUES (?, ?, NULL, ?, ?)",
     c.id, c.since, c.state, c.reason)

@@ -163,7 +163,6 @@ function M.create(body)
   cfg.stop_signal = cfg.stop_signal or (type(ic.stop_signal) == "string" and ic.stop_signal) or "SIGTERM"
   cfg.stop_timeout = cfg.stop_timeout or 10
   if not body.healthcheck then cfg.healthcheck = image_healthcheck(ic.healthcheck) end
-  cfg.network = cfg.network or (rawget(_G, "net") and net.default_name and net.default_name()) or "moonbox0"
 
   local id = moonbox.id()
   local undo = undo_list()
@@ -173,46 +172,38 @@ function M.create(body)
   undo.add(function() fs.rmtree(dir) end)
 
   -- volumes: named ones are created on first use (like docker), anonymous ones for
-  -- -v /path and for the image's declared volumes
-  local mounts, anon = json.array(), 0
-  local declared = {}
-  for _, v in ipairs(cfg.volumes) do declared[v.destination] = true end
-  local vols = {}
-  for _, v in ipairs(cfg.volumes) do vols[#vols + 1] = v end
+  -- -v /path and for the image's declared volumes; all attached to this container
+  local image_volumes = {}
   if type(ic.volumes) == "table" then
-    local paths = {}
-    for p in pairs(ic.volumes) do if type(p) == "string" then paths[#paths + 1] = p end end
-    table.sort(paths)
-    for _, p in ipairs(paths) do
-      if not declared[p] then vols[#vols + 1] = { type = "volume", source = "", destination = p, read_only = false } end
-    end
+    for p in pairs(ic.volumes) do if type(p) == "string" then image_volumes[#image_volumes + 1] = p end end
+    table.sort(image_volumes)
   end
-  for _, v in ipairs(vols) do
-    if v.type == "volume" then
-      local okv, verr2, vcode = need("volume")
-      if not okv then undo.run(); return nil, verr2, vcode end
-      local vname = v.source
-      if vname == "" then
-        anon = anon + 1
-        vname = "anon-" .. containers.short(id) .. "-" .. anon
-        local r, e, c = volume.create { name = vname, labels = { ["moonbox.anonymous"] = id } }
-        if not r then undo.run(); return nil, e, c end
-        undo.add(function() volume.remove(vname) end)
-        v.anonymous = true
-      elseif not volume.inspect(vname) then
-        local r, e, c = volume.create { name = vname }
-        if not r then undo.run(); return nil, e, c, { field = "volumes" } end
+  cfg.vm_disks, cfg.vm_shares, cfg.vm_mounts, cfg.mounts = json.array(), json.array(), json.array(), json.array()
+  if #cfg.volumes > 0 or #image_volumes > 0 then
+    local okv, verr2, vcode = need("volume")
+    if not okv then undo.run(); return nil, verr2, vcode end
+    local specs = {}
+    for i, v in ipairs(cfg.volumes) do
+      specs[i] = { type = v.type, source = v.source ~= "" and v.source or nil, target = v.destination,
+                   readonly = v.read_only }
+    end
+    local ent, e, ecode = volume.vm_entries(specs, { owner = id, image_volumes = image_volumes })
+    if not ent then undo.run(); return nil, e, ecode, ecode == "invalid" and { field = "volumes" } or nil end
+    undo.add(function() volume.detach_all(id, { remove_anonymous = true }) end)
+    cfg.vm_disks, cfg.vm_shares, cfg.vm_mounts = ent.disks, ent.shares, ent.mounts
+    for _, v in ipairs(ent.volumes or {}) do
+      cfg.mounts[#cfg.mounts + 1] = { type = "volume", name = v.name, source = v.name, destination = v.target,
+                                      read_only = v.readonly == true, anonymous = v.anonymous == true }
+    end
+    for _, sh in ipairs(ent.shares or {}) do
+      for _, m in ipairs(ent.mounts) do
+        if m.type == "9p" and m.tag == sh.tag then
+          cfg.mounts[#cfg.mounts + 1] = { type = "bind", source = sh.path, destination = m.target,
+                                          read_only = sh.readonly == true }
+        end
       end
-      local r, e, c = volume.attach(vname, id)
-      if not r then undo.run(); return nil, e, c end
-      undo.add(function() volume.detach(vname, id) end)
-      mounts[#mounts + 1] = { type = "volume", name = vname, source = vname, destination = v.destination,
-                              read_only = v.read_only, anonymous = v.anonymous == true }
-    else
-      mounts[#mounts + 1] = { type = "bind", source = v.source, destination = v.destination, read_only = v.read_only }
     end
   end
-  cfg.mounts = mounts
   cfg.volumes = nil
 
   -- the writable layer
@@ -254,7 +245,9 @@ local function build_vm(c, img, undo)
   local cfg, rt = c.config, c.runtime
   local vmspec = {
     id = vm_id_for(c), name = vm_id_for(c),
-    vcpus = cfg.cpus, memory_mib = cfg.memory // MIB,
+    -- the container gets the memory it asked for (its cgroup limit); the VM has 64 MiB
+    -- more for the guest kernel and the agent
+    vcpus = cfg.cpus, memory_mib = cfg.memory // MIB + 64,
     disks = { { path = img.disk, readonly = true, serial = "lower" },
               { path = rt.upper, readonly = false, serial = "upper" } },
     shares = {}, nics = {}, mounts = {},
@@ -262,49 +255,46 @@ local function build_vm(c, img, undo)
     root = { type = "overlay", lower = "lower", upper = "upper" },
     labels = { container = c.id, name = c.name },
   }
-  for i, m in ipairs(cfg.mounts or {}) do
-    if m.type == "volume" then
-      local serial = "vol" .. i
-      vmspec.disks[#vmspec.disks + 1] = { path = volume.path(m.name), readonly = m.read_only, serial = serial }
-      vmspec.mounts[#vmspec.mounts + 1] = { type = "block", serial = serial, fstype = "ext4",
-                                            target = m.destination, ro = m.read_only }
-    else
-      local tag = "bind" .. i
-      vmspec.shares[#vmspec.shares + 1] = { path = m.source, tag = tag, readonly = m.read_only }
-      vmspec.mounts[#vmspec.mounts + 1] = { type = "9p", tag = tag, target = m.destination, ro = m.read_only }
-    end
-  end
+  for _, d in ipairs(cfg.vm_disks or {}) do vmspec.disks[#vmspec.disks + 1] = d end
+  for _, sh in ipairs(cfg.vm_shares or {}) do vmspec.shares[#vmspec.shares + 1] = sh end
+  for _, m in ipairs(cfg.vm_mounts or {}) do vmspec.mounts[#vmspec.mounts + 1] = m end
   if not rawget(_G, "net") then
     return nil, "the net plugin is not loaded", "unsupported"
   end
-  local mode = net.mode and net.mode() or "bridge"
-  if mode == "user" then
-    -- rootless: QEMU user networking, published ports as host forwards
-    local fwd = {}
-    for _, p in ipairs(cfg.ports) do
-      fwd[#fwd + 1] = { proto = p.proto, host_addr = p.host_ip ~= "" and p.host_ip or "0.0.0.0",
-                        host_port = p.host_port, guest_port = p.container_port }
-    end
-    vmspec.nics[1] = { type = "user", forwards = fwd }
-    rt.network = { name = "user", mode = "user" }
-    rt.ports = cfg.ports
-    return vmspec
-  end
-  local att, err, code = net.attach(cfg.network, c.id, { name = c.name })
-  if not att then return nil, err, code end
+  -- the same flow in bridge and rootless (QEMU user networking) mode: attach, publish
+  -- (before the VM starts: in user mode the forwards are on QEMU's command line), nic
+  local ep, err, code = net.attach(cfg.network, c.id, { name = c.name })
+  if not ep then return nil, err, code, code == "not_found" and { field = "network" } or nil end
   undo.add(function() net.detach(c.id) end)
-  rt.network = { name = att.network or cfg.network, ip = att.ip, mac = att.mac, tap = att.tap }
-  vmspec.nics[1] = { type = "tap", ifname = att.tap, mac = att.mac }
-  vmspec.network = { address = att.address, gateway = att.gateway, dns = att.dns, mtu = att.mtu,
-                     address6 = att.address6, gateway6 = att.gateway6, mac = att.mac }
+  rt.network = { name = ep.network, ip = ep.ip, mac = ep.mac, tap = ep.tap, mode = ep.mode }
+  rt.ports = json.array()
   if #cfg.ports > 0 then
-    local pub, perr, pcode = net.publish(c.id, cfg.ports)
-    if not pub then return nil, perr, pcode end
-    undo.add(function() net.unpublish(c.id) end)
-    rt.ports = type(pub) == "table" and pub or cfg.ports
-  else
-    rt.ports = json.array()
+    local want = {}
+    for i, p in ipairs(cfg.ports) do
+      want[i] = { host_ip = p.host_ip ~= "" and p.host_ip or nil, host_port = p.host_port ~= 0 and p.host_port or nil,
+                  container_port = p.container_port, proto = p.proto }
+    end
+    local pub, perr, pcode = net.publish(c.id, want)
+    if not pub then return nil, perr, pcode, pcode == "invalid" and { field = "ports" } or nil end
+    for i, p in ipairs(pub) do
+      rt.ports[i] = { host_ip = p.host_ip, host_port = p.host_port, container_port = p.container_port, proto = p.proto }
+    end
   end
+  local nic = net.nic(c.id) or ep.nic
+  if nic.type == "user" then
+    -- rootless: the vm plugin adds its own forward for the agent; pass the published ones
+    local fwd = {}
+    for _, f in ipairs(nic.hostfwd or {}) do
+      if f.guest_port ~= (ep.agent and ep.agent.port or 1025) or f.host_port == 0 then
+        fwd[#fwd + 1] = { proto = f.proto, host_addr = f.host_ip, host_port = f.host_port, guest_port = f.guest_port }
+      end
+    end
+    nic = { type = "user", mac = nic.mac, restrict = nic.restrict, forwards = fwd }
+  end
+  vmspec.nics = { nic }
+  -- the guest's addresses (the vm plugin takes the MAC from the NIC itself)
+  vmspec.network = {}
+  for k, v in pairs(ep.boot or {}) do if k ~= "mac" then vmspec.network[k] = v end end
   return vmspec
 end
 
@@ -327,9 +317,8 @@ local function teardown(c, how)
     vm.remove(rt.vm_id, { force = true })
   end
   rt.vm_id = nil
-  if rawget(_G, "net") and rt.network and rt.network.mode ~= "user" then
-    if #(rt.ports or {}) > 0 then net.unpublish(c.id) end
-    net.detach(c.id)
+  if rawget(_G, "net") and rt.network then
+    net.detach(c.id) -- also unpublishes its ports
   end
   rt.network, rt.ports = nil, nil
   logs.poke(c.id)
@@ -371,7 +360,7 @@ local function do_start(c, reason)
   local proc_spec = {
     id = "main", argv = cfg.argv, env = cfg.env, cwd = cfg.workdir, user = cfg.user,
     hostname = cfg.hostname or containers.short(c.id), tty = cfg.tty, stdin = cfg.stdin,
-    buffer = 4 * MIB,
+    buffer = 4 * MIB, memory_max = cfg.memory,
   }
   local r
   r, err, code = vm.run(rt.vm_id, proc_spec)
@@ -434,9 +423,10 @@ local function log_pump(id, stream)
   l.writer:flush(stream)
 end
 
-local function cpu_seconds(s)
-  return s.cpu_seconds or (s.cpu and (s.cpu.usage_seconds or (s.cpu.usage_usec and s.cpu.usage_usec / 1e6)))
-    or (s.cpu_usage_usec and s.cpu_usage_usec / 1e6) or 0
+local function sum(list, field)
+  local n = 0
+  for _, v in pairs(list or {}) do n = n + (tonumber(v[field]) or 0) end
+  return n
 end
 
 -- One normalised sample from vm.stats (cpu_percent relative to the previous sample).
@@ -444,27 +434,24 @@ function M.sample(c, prev)
   local s, err, code = vm.stats(c.runtime.vm_id)
   if not s then return nil, err, code end
   local now = timer.now()
-  local cpu = cpu_seconds(s)
-  local mem = s.memory or {}
-  local net_ = s.network or s.net or {}
-  local blk = s.block or s.blkio or {}
+  local cpu, mem, pids = s.cpu or {}, s.memory or {}, s.pids or {}
+  local limit = tonumber(mem.limit) or c.config.memory
   local out = {
     time = timer.time(),
     mono = now,
-    cpu_seconds = cpu,
-    memory_used = s.memory_used or mem.current or mem.used or 0,
-    memory_limit = s.memory_limit or mem.limit or mem.max or c.config.memory,
-    net_rx = s.net_rx or net_.rx_bytes or net_.rx or 0,
-    net_tx = s.net_tx or net_.tx_bytes or net_.tx or 0,
-    block_read = s.block_read or blk.read_bytes or blk.read or 0,
-    block_write = s.block_write or blk.write_bytes or blk.write or 0,
-    pids = s.pids or (type(s.processes) == "number" and s.processes) or 0,
-    uptime = s.uptime or (c.runtime.started_at and timer.time() - c.runtime.started_at) or 0,
+    cpu_seconds = (tonumber(cpu.usage_usec) or 0) / 1e6,
+    memory_used = tonumber(mem.current) or 0,
+    memory_limit = (limit and limit > 0) and limit or c.config.memory,
+    net_rx = sum(s.networks, "rx_bytes"),
+    net_tx = sum(s.networks, "tx_bytes"),
+    block_read = sum(s.block, "read_bytes"),
+    block_write = sum(s.block, "write_bytes"),
+    pids = tonumber(pids.current) or 0,
+    uptime = tonumber(s.uptime_s) or (c.runtime.started_at and timer.time() - c.runtime.started_at) or 0,
   }
-  if type(out.memory_limit) ~= "number" or out.memory_limit <= 0 then out.memory_limit = c.config.memory end
   out.memory_percent = out.memory_limit > 0 and (100 * out.memory_used / out.memory_limit) or 0
   if prev and now > prev.mono then
-    out.cpu_percent = math.max(0, 100 * (cpu - prev.cpu_seconds) / (now - prev.mono))
+    out.cpu_percent = math.max(0, 100 * (out.cpu_seconds - prev.cpu_seconds) / (now - prev.mono))
   else
     out.cpu_percent = 0
   end
@@ -752,11 +739,9 @@ function M.remove(ref, opts)
     end
     teardown(c)
     L[c.id] = nil
-    for _, m in ipairs(c.config.mounts or {}) do
-      if m.type == "volume" and rawget(_G, "volume") then
-        volume.detach(m.name, c.id)
-        if m.anonymous or opts.volumes and m.anonymous then volume.remove(m.name) end
-      end
+    if rawget(_G, "volume") then
+      -- named volumes are kept; anonymous ones go with the container
+      volume.detach_all(c.id, { remove_anonymous = true })
     end
     if rawget(_G, "registry") and c.image_id then registry.release(c.image_id, c.id) end
     logs.remove(c.id)

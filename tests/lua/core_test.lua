@@ -90,6 +90,15 @@ function T.test_many_tasks_wait_concurrently()
   ok(timer.now() - t0 < 200 * 0.1, "sleeps overlapped")
 end
 
+function T.test_load_is_text_only_and_keeps_env()
+  local f = assert(load("return 1 + 1", "two"))
+  eq(f(), 2)
+  eq(assert(load("return tostring(41 + 1)", "=x", "b"))(), "42") -- mode forced to text
+  eq(load("return x", "=e", "t", { x = 7 })(), 7)
+  local r, err = load(string.dump(function() return 1 end))
+  eq(r, nil); ok(err:find("binary"))
+end
+
 function T.test_misuse_raises()
   fails(function() timer.sleep("soon") end, "number expected")
   fails(function() timer.sleep(-1) end, ">= 0")
