@@ -64,6 +64,14 @@ return {
     end
   end,
 
+  test_start_failure_codes = function()
+    eq(run.start_failure_code('exec: "nothere": executable file not found in $PATH'), 127)
+    eq(run.start_failure_code('exec: "/x": stat /x: no such file or directory'), 127)
+    eq(run.start_failure_code('exec: "/etc/passwd": permission denied'), 126)
+    eq(run.start_failure_code("the vm plugin is not loaded"), 125)
+    eq(run.start_failure_code("the image is gone: not found"), 125)
+  end,
+
   test_ps_filters = function()
     local q, l = ps.filters({ "status=exited", "label=a=b", "name=web", "id=abc", "ancestor=nginx" })
     eq(q.state, "stopped"); eq(q.label, { "a=b" })

@@ -53,7 +53,12 @@ return {
     local ws, err = api:websocket("/v1/containers/" .. client.urlencode(pos[1]) .. "/exec/ws", q)
     if not ws then errors.api(err) end
     local res = session.run(ws, { tty = o.tty, stdin = o.interactive, raw = o.tty })
-    if res.error then out.err(res.error) end
+    if res.error then
+      out.err(res.error)
+      -- the command could not run: docker's 127 (not found) / 126 (cannot execute)
+      local code = require("cli.commands.run").start_failure_code(res.error)
+      if code ~= 125 then return code end
+    end
     if res.exit_code == nil then
       out.err("moonbox: the connection closed before the command's exit code arrived")
       return 1

@@ -191,6 +191,15 @@ local function ensure_image(api, image, o)
   return true
 end
 
+-- docker's codes when the command itself cannot run: 127 not found, 126 not executable
+function M.start_failure_code(msg)
+  msg = tostring(msg or ""):lower()
+  if not msg:find("exec", 1, true) and not msg:find("^sh: ") then return 125 end
+  if msg:find("not found", 1, true) or msg:find("no such file", 1, true) then return 127 end
+  if msg:find("permission denied", 1, true) or msg:find("not executable", 1, true) then return 126 end
+  return 125
+end
+
 local function remove_quietly(api, id)
   api:call("DELETE", "/v1/containers/" .. client.urlencode(id), { query = { force = 1 } })
 end
@@ -272,7 +281,7 @@ M.run = {
       if not _ then
         out.err(errors.describe(err))
         if o.rm then remove_quietly(api, id) end
-        return 125
+        return err.kind == "api" and M.start_failure_code(err.message) or 125
       end
       out.print(id)
       return 0
@@ -307,7 +316,7 @@ M.run = {
       if log_resp then log_resp:close() end
       out.err(errors.describe(err))
       if o.rm then remove_quietly(api, id) end
-      return 125
+      return err.kind == "api" and M.start_failure_code(err.message) or 125
     end
 
     local session_code
