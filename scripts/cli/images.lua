@@ -118,6 +118,7 @@ function M.pull(api, ref, opts)
   end
   local p = progress.new { tty = opts.tty, write = write }
   local record, failure
+  local downloaded, saw_progress = false, false
   local lines = require("cli.client").lines(resp)
   for line in lines do
     if line ~= "" then
@@ -128,8 +129,14 @@ function M.pull(api, ref, opts)
                       message = v(msg.error.message) or "pull failed" }
         elseif type(v(msg.image)) == "table" then
           record = msg.image
-        elseif type(v(msg.progress)) == "table" and not opts.quiet then
-          p:update(msg.progress)
+        elseif type(v(msg.progress)) == "table" or type(v(msg.layers)) == "table" then
+          -- a progress line: {status, layers=[...]} (or nested under "progress")
+          local ev = type(v(msg.progress)) == "table" and msg.progress or msg
+          for _, l in ipairs(v(ev.layers) or {}) do
+            if not v(l.cached) then downloaded = true end
+          end
+          saw_progress = true
+          if not opts.quiet then p:update(ev) end
         elseif v(msg.id) and v(msg.references) then
           record = msg -- a plain record (stream=0 style answer)
         end
@@ -144,7 +151,11 @@ function M.pull(api, ref, opts)
   end
   if not opts.quiet then
     if v(record.manifest_digest) then write("Digest: " .. record.manifest_digest .. "\n") end
-    write("Status: Downloaded newer image for " .. (name .. ":" .. tag) .. "\n")
+    if downloaded or not saw_progress then
+      write("Status: Downloaded newer image for " .. (name .. ":" .. tag) .. "\n")
+    else
+      write("Status: Image is up to date for " .. (name .. ":" .. tag) .. "\n")
+    end
   end
   return record
 end

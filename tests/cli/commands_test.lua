@@ -115,6 +115,44 @@ return {
     eq(select(2, images.match(recs, "aaaa")), "ambiguous"); eq(images.match(recs, "redis"), nil)
   end,
 
+  test_pull_stream = function()
+    -- a fake API whose pull stream is the given NDJSON lines, in odd-sized chunks
+    local function fake(lines)
+      local data = table.concat(lines, "\n") .. "\n"
+      local pos = 1
+      return { stream = function(_, method, path, o)
+        eq({ method, path, o.body.reference }, { "POST", "/v1/images/pull", "busybox" })
+        return { read = function()
+          if pos > #data then return nil end
+          local c = data:sub(pos, pos + 6); pos = pos + 7; return c
+        end, close = function() end }
+      end }
+    end
+    local layer = '{"digest":"sha256:0123456789abcdef","size":100,"done":%d,"status":"%s","cached":%s}'
+    local rec = '{"id":"sha256:ff","references":["docker.io/library/busybox:latest"],"manifest_digest":"sha256:aa"}'
+    for _, nested in ipairs({ false, true }) do
+      local function progress(done, st, cached)
+        local body = '{"status":"downloading","layers":[' .. string.format(layer, done, st, cached) .. ']}'
+        return nested and ('{"status":"downloading","progress":' .. body .. '}') or body
+      end
+      local out = {}
+      local r = ok(images.pull(fake({ progress(0, "waiting", "false"), progress(50, "downloading", "false"),
+        progress(100, "extracted", "false"), '{"status":"done","image":' .. rec .. '}' }), "busybox",
+        { tty = false, write = function(x) out[#out + 1] = x end }))
+      eq(r.id, "sha256:ff")
+      eq(table.concat(out), "Using default tag: latest\nlatest: Pulling from library/busybox\n" ..
+        "0123456789ab: Waiting\n0123456789ab: Downloading\n0123456789ab: Pull complete\n" ..
+        "Digest: sha256:aa\nStatus: Downloaded newer image for busybox:latest\n")
+    end
+    local out = {}
+    ok(images.pull(fake({ string.format('{"status":"storing","layers":[' .. layer .. ']}', 100, "extracted", "true"),
+      '{"status":"done","image":' .. rec .. '}' }), "busybox", { write = function(x) out[#out + 1] = x end }))
+    ok(table.concat(out):find("Status: Image is up to date for busybox:latest", 1, true), table.concat(out))
+    local r, err = images.pull(fake({ '{"status":"error","error":{"code":"not_found","message":"manifest unknown"}}' }),
+      "busybox", { quiet = true })
+    eq(r, nil); eq({ err.code, err.message }, { "not_found", "manifest unknown" })
+  end,
+
   test_images_rows = function()
     local cmd = require("cli.commands.images")
     local rows = cmd.rows({ { id = "sha256:1", references = { "docker.io/library/nginx:latest", "docker.io/library/nginx:1" } },

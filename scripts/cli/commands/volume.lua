@@ -57,8 +57,8 @@ local ls = {
     out.list(o.format, list, {
       { "DRIVER", function() return "local" end },
       { "VOLUME NAME", "name" },
-      { "SIZE", function(x) return format.size(v(x.size)) end },
-      { "USED", function(x) return format.size(v(x.allocated)) end },
+      { "SIZE", function(x) return format.bytes(v(x.size)) end },
+      { "USED", function(x) return format.bytes(v(x.allocated)) end },
       { "CONTAINERS", function(x) return tostring(#(v(x.attached_to) or {})) end },
     }, { quiet = o.quiet and function(x) return v(x.name) end })
     return 0
