@@ -171,7 +171,9 @@ M.info = {
     local extra = v(info.extra)
     if type(extra) == "table" then
       local keys = {}
-      for k in pairs(extra) do keys[#keys + 1] = k end
+      for k in pairs(extra) do
+        if v(info[k]) == nil then keys[#keys + 1] = k end -- (shown above already)
+      end
       table.sort(keys)
       for _, k in ipairs(keys) do render(lines, " ", k, extra[k]) end
     end

@@ -355,9 +355,12 @@ function vm.stats(id)
   if not v then return nil, e, c end
   local n = 0
   for _, p in pairs(v.procs) do if not p.exit then n = n + 1 end end
-  return { cpu_seconds = (timer.time() - v.started) * 0.01, memory_used = 48 * 1024 * 1024,
-           memory_limit = (v.spec.memory_mib or 512) * 1024 * 1024, net_rx = 1234, net_tx = 5678,
-           block_read = 4096, block_write = 8192, pids = n }
+  -- the vm plugin's shape (plugins/vm/README.md)
+  return { cpu = { usage_usec = math.floor((timer.time() - v.started) * 1e4) },
+           memory = { current = 48 * 1024 * 1024, limit = (v.spec.memory_mib or 512) * 1024 * 1024 },
+           pids = { current = n }, networks = { eth0 = { rx_bytes = 1234, tx_bytes = 5678 } },
+           block = { vda = { read_bytes = 4096, write_bytes = 8192 } },
+           uptime_s = timer.time() - v.started }
 end
 
 function vm.run(id, spec)
