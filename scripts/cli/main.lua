@@ -20,7 +20,7 @@ local COMMANDS = {
     { "network", "network" }, { "volume", "volume" },
   } },
   { "Commands", {
-    { "cp", "cp" }, { "create", "run" }, { "inspect", "inspect" }, { "kill", "lifecycle" },
+    { "cp", "cp" }, { "create", "run" }, { "events", "events" }, { "inspect", "inspect" }, { "kill", "lifecycle" },
     { "load", "images" }, { "pause", "lifecycle" }, { "restart", "lifecycle" },
     { "rm", "lifecycle" }, { "rmi", "images" }, { "start", "lifecycle" },
     { "stats", "stats" }, { "stop", "lifecycle" }, { "top", "top" },

@@ -407,6 +407,12 @@ out_has "rmi: deleted" "Deleted: sha256:"
 mb images -q
 out_is "images: empty after rmi" ""
 
+mb events --no-follow --filter 'type=container.*'
+rc_is "events --no-follow" 0
+out_has "events: a removal" "container.removed"
+mb events --no-follow --format json
+expect_eq "events --format json: one object per line" "$(echo "$OUT" | head -n1 | jq -r .type)" "daemon.start"
+
 # load: a docker-archive of the test image (the daemon may not take uploads yet)
 if command -v skopeo >/dev/null; then
   skopeo copy -q --src-tls-verify=false "docker://$IMG:latest" "docker-archive:$TMP/bb.tar:test/loaded:v1" >/dev/null 2>&1 || true

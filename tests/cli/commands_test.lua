@@ -153,6 +153,14 @@ return {
     eq(r, nil); eq({ err.code, err.message }, { "not_found", "manifest unknown" })
   end,
 
+  test_event_line = function()
+    local ev = require("cli.commands.events")
+    eq(ev.line({ time = 1795332563.5, type = "container.stopped",
+      data = { id = "0123456789abcdef", name = "web", exit_code = 0, extra = { 1 } } }),
+      "2026-11-22T07:29:23.5Z container.stopped 0123456789ab (exit_code=0, name=web)")
+    eq(ev.line({ time = 0, type = "daemon.start", data = {} }), "1970-01-01T00:00:00Z daemon.start")
+  end,
+
   test_images_rows = function()
     local cmd = require("cli.commands.images")
     local rows = cmd.rows({ { id = "sha256:1", references = { "docker.io/library/nginx:latest", "docker.io/library/nginx:1" } },
