@@ -407,6 +407,24 @@ out_has "rmi: deleted" "Deleted: sha256:"
 mb images -q
 out_is "images: empty after rmi" ""
 
+echo secret >"$TMP/pw"
+mb_in "$TMP/pw" login -u bob --password-stdin "127.0.0.1:$REG_PORT"
+rc_is "login --password-stdin" 0
+out_is "login: the daemon's answer" "Login Succeeded"
+mb logout "127.0.0.1:$REG_PORT"
+rc_is "logout" 0
+set +e
+PTY_SHOW=1 $PTY 'expect:Username: ;;send:bob\r;;expect:Password: ;;send:hidden-pw\r;;expect:Login Succeeded' \
+  -- "$MB" -H "unix://$D_SOCK" login "127.0.0.1:$REG_PORT" >"$TMP/out" 2>&1; RC=$?
+set -e
+OUT=$(cat "$TMP/out")
+out_has "login prompts on a terminal" "exit=0"
+if has "$OUT" "hidden-pw"; then fail "login: the password was echoed"; else pass "login: the password is not echoed"; fi
+mb logout "127.0.0.1:$REG_PORT"
+mb logout "127.0.0.1:$REG_PORT"
+rc_is "logout when not logged in" 0
+out_has "logout when not logged in: says so" "Not logged in to 127.0.0.1:$REG_PORT"
+
 mb events --no-follow --filter 'type=container.*'
 rc_is "events --no-follow" 0
 out_has "events: a removal" "container.removed"

@@ -92,8 +92,14 @@ M.logout = {
   max_args = 1,
   run = function(ctx, o, pos)
     local server = server_of(pos[1])
-    out.print("Removing login credentials for " .. server)
-    ctx.api():check("DELETE", "/v1/registries/" .. client.urlencode(server))
+    local res, err = ctx.api():call("DELETE", "/v1/registries/" .. client.urlencode(server))
+    if res then
+      out.print("Removing login credentials for " .. server)
+    elseif err.status == 404 and not err.unsupported then
+      out.print("Not logged in to " .. server) -- like docker: nothing to do is fine
+    else
+      errors.api(err)
+    end
     return 0
   end,
 }
