@@ -151,7 +151,7 @@ function M.pull(api, ref, opts)
   end
   if not opts.quiet then
     if v(record.manifest_digest) then write("Digest: " .. record.manifest_digest .. "\n") end
-    if downloaded or not saw_progress then
+    if downloaded then
       write("Status: Downloaded newer image for " .. (name .. ":" .. tag) .. "\n")
     else
       write("Status: Image is up to date for " .. (name .. ":" .. tag) .. "\n")
