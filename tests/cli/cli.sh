@@ -280,6 +280,8 @@ rc_is "exec" 0
 out_is "exec: output" "hi"
 mb exec web sh -c 'exit 7'
 rc_is "exec: the command's exit code" 7
+mb exec web sh -c 'echo $A'
+out_is "exec: the container's environment" "1"
 mb exec -e A=2 -w /tmp -u nobody web sh -c 'echo $A; pwd; id -un'
 out_is "exec -e -w -u" "$(printf '2\n/tmp\nnobody')"
 mb_in "$TMP/in.txt" exec -i web cat

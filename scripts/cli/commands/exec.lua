@@ -7,7 +7,21 @@ local opts_ = require("cli.opts")
 local out = require("cli.out")
 local session = require("cli.session")
 
-return {
+local M = {}
+
+-- base, then over (a later K=V replaces an earlier one in place; order kept)
+function M.merge_env(base, over)
+  local out, at = {}, {}
+  local function add(kv)
+    local k = kv:match("^([^=]+)") or kv
+    if at[k] then out[at[k]] = kv else out[#out + 1] = kv; at[k] = #out end
+  end
+  for _, kv in ipairs(base or {}) do add(kv) end
+  for _, kv in ipairs(over or {}) do add(kv) end
+  return out
+end
+
+M.exec = {
   name = "exec",
   usage = "exec [OPTIONS] CONTAINER COMMAND [ARG...]",
   summary = "Execute a command in a running container",
@@ -41,6 +55,12 @@ return {
       out.err("the input device is not a TTY")
       return 1
     end
+    local api = ctx.api()
+    -- like docker, the command sees the container's environment (-e on top): the exec
+    -- endpoints do not add it themselves (yet), so the client passes it along
+    local c = api:call("GET", "/v1/containers/" .. client.urlencode(pos[1]), { timeout = 60 })
+    local cenv = type(c) == "table" and type(c.config) == "table" and c.config.env
+    if type(cenv) == "table" and #cenv > 0 then env = M.merge_env(cenv, env) end
     local cmd = {}
     for i = 2, #pos do cmd[#cmd + 1] = pos[i] end
     local q = { cmd = cmd, env = env, user = o.user, workdir = o.workdir }
@@ -49,7 +69,6 @@ return {
       local rows, cols = term.size()
       q.rows, q.cols = rows or 24, cols or 80
     end
-    local api = ctx.api()
     local ws, err = api:websocket("/v1/containers/" .. client.urlencode(pos[1]) .. "/exec/ws", q)
     if not ws then errors.api(err) end
     local res = session.run(ws, { tty = o.tty, stdin = o.interactive, raw = o.tty })
@@ -66,3 +85,5 @@ return {
     return res.exit_code
   end,
 }
+
+return M
