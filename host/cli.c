@@ -87,6 +87,12 @@ static const struct {
 int cli_main(int argc, char **argv)
 {
 	signal(SIGPIPE, SIG_IGN);
+	/* Before any thread starts: term.resized() reads SIGWINCH from a signalfd, which only
+	 * works if no thread can take the signal (ignored by default) first. */
+	sigset_t winch;
+	sigemptyset(&winch);
+	sigaddset(&winch, SIGWINCH);
+	sigprocmask(SIG_BLOCK, &winch, NULL);
 	log_set_level(getenv("MOONBOX_DEBUG") ? MB_LOG_DEBUG : MB_LOG_WARN);
 	struct daemon_opts defaults = { 0 };
 	daemon_default_paths(&defaults);

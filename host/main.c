@@ -1,5 +1,5 @@
 /*
- * moonbox — one binary: the daemon (`serve`), the Lua test runner (`test`), `version`,
+ * moonbox — one binary: the daemon (`serve`), the Lua test runner (`test`), `--version`,
  * and the client CLI (everything else; see cli.c).
  */
 #include <getopt.h>
@@ -142,7 +142,8 @@ int main(int argc, char **argv)
 		return serve_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "test") == 0)
 		return testrun_main(argc - 1, argv + 1);
-	if (argc >= 2 && (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0)) {
+	/* `moonbox version` is the CLI's (client and server); --version stays offline */
+	if (argc >= 2 && strcmp(argv[1], "--version") == 0) {
 		printf("moonbox %s (API %s, plugin ABI %d.%d, %s)\n", MOONBOX_VERSION,
 		       MOONBOX_API_VERSION, MB_ABI_MAJOR, MB_ABI_MINOR, LUA_RELEASE);
 		return 0;

@@ -16,6 +16,17 @@ cleanup() {
   for p in "${PIDS[@]:-}"; do
     [ -n "$p" ] && kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true
   done
+  # VMs outlive their daemon by design (live restore): stop the ones the daemons started
+  # here (their pid files are under $TMP; the command line must name that pid file, so a
+  # reused PID is never hit)
+  local f q
+  for f in "$TMP"/*/run/vms/*/qemu.pid; do
+    [ -f "$f" ] || continue
+    q=$(cat "$f" 2>/dev/null) || continue
+    if [ -n "$q" ] && tr '\0' ' ' <"/proc/$q/cmdline" 2>/dev/null | grep -qF -- "$f"; then
+      kill -9 "$q" 2>/dev/null || true
+    fi
+  done
   if [ "${KEEP_TMP:-0}" != 1 ]; then rm -rf -- "$TMP"; else echo "kept $TMP"; fi
   exit $rc
 }

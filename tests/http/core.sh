@@ -37,7 +37,7 @@ expect_eq "TCP with the token is 200" \
 expect_eq "access_token query parameter works (browsers)" \
   "$(tcp "http://127.0.0.1:$D_PORT/v1/health?access_token=$D_TOKEN")" 200
 info=$(curl -s -H "Authorization: Bearer $D_TOKEN" "http://127.0.0.1:$D_PORT/v1/system/info")
-expect_eq "system info names the version" "$(jq -r .version <<<"$info")" "$(${MB} version | awk '{print $2}')"
+expect_eq "system info names the version" "$(jq -r .version <<<"$info")" "$(${MB} --version | awk '{print $2}')"
 expect_eq "401 body is a JSON error" \
   "$(curl -s "http://127.0.0.1:$D_PORT/v1/health" | jq -r .error.code)" unauthorized
 expect_eq "the web UI is served without a token" "$(tcp "http://127.0.0.1:$D_PORT/")" 200
