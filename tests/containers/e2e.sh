@@ -185,13 +185,16 @@ for i in $(seq 1 20); do
   names+=("bulk$i")
   post /v1/containers -d "{\"image\":\"$TOOLBOX\",\"name\":\"bulk$i\",\"cmd\":[\"sleep\",\"1000\"],\"memory\":\"64m\",\"cpus\":0.2,\"volumes\":[\"/scratch\"],\"healthcheck\":{\"test\":[\"NONE\"]}}" >/dev/null
 done
+# (wait on these PIDs only: a bare `wait` would also wait for the registry)
 for batch in 0 5 10 15; do
-  for i in $(seq $((batch + 1)) $((batch + 5))); do post "/v1/containers/bulk$i/start" >/dev/null & done
-  wait
+  jobs_=()
+  for i in $(seq $((batch + 1)) $((batch + 5))); do post "/v1/containers/bulk$i/start" >/dev/null & jobs_+=($!); done
+  wait "${jobs_[@]}"
 done
 expect_eq "20 containers running" "$(api GET '/v1/containers?state=running' | body_of | jq length)" 20
-for n in "${names[@]}"; do api DELETE "/v1/containers/$n?force=1" >/dev/null & done
-wait
+jobs_=()
+for n in "${names[@]}"; do api DELETE "/v1/containers/$n?force=1" >/dev/null & jobs_+=($!); done
+wait "${jobs_[@]}"
 expect_eq "all removed" "$(api GET '/v1/containers?all=1' | body_of | jq length)" 0
 expect_eq "no QEMU left" "$(qemu_of)" 0
 expect_eq "no tap left" "$(ip -o link | grep -c mbct || true)" 0
