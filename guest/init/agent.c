@@ -76,6 +76,10 @@ struct srv {
 	struct poll_item *polls;
 	int npolls;
 	bool shutdown_acked; /* the shutdown reply has been handed to nng */
+	pthread_t prep;      /* opens the nng socket while init mounts the root */
+	bool prep_started;
+	int prep_rc;
+	char prep_msg[256];
 };
 
 static void wake(struct srv *s)
@@ -416,9 +420,12 @@ static void drain(struct srv *s)
 	}
 }
 
-static int srv_start(struct srv *s, mbp_err *err)
+/* The nng socket and its receiving contexts (no listener yet). nng's first socket
+ * starts its thread pools, which costs a good part of the agent's start-up under TCG:
+ * mb_agent_prepare() runs this on a thread while init mounts disks and sets up the
+ * network. */
+static int srv_open(struct srv *s, mbp_err *err)
 {
-	struct mb_config *cfg = s->a->cfg;
 	int rv = nng_rep0_open(&s->sock);
 	if (rv != 0)
 		return mbp_err_set(err, -EIO, "nng_rep0_open: %s", nng_strerror(rv));
@@ -432,6 +439,45 @@ static int srv_start(struct srv *s, mbp_err *err)
 			return mbp_err_set(err, -EIO, "nng context: %s", nng_strerror(rv));
 		c->state = CTX_RECV;
 		nng_ctx_recv(c->ctx, c->aio);
+	}
+	return 0;
+}
+
+static void *srv_prep_thread(void *arg)
+{
+	struct srv *s = arg;
+	mbp_err e = { 0 };
+	s->prep_rc = srv_open(s, &e);
+	if (s->prep_rc < 0)
+		snprintf(s->prep_msg, sizeof(s->prep_msg), "%s", e.msg);
+	return NULL;
+}
+
+void mb_agent_prepare(struct mb_agent *a)
+{
+	struct srv *s = calloc(1, sizeof(*s));
+	if (!s) {
+		mb_log("agent: out of memory");
+		reboot(RB_AUTOBOOT);
+	}
+	s->a = a;
+	a->srv = s;
+	pthread_mutex_init(&s->mu, NULL);
+	s->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	s->prep_started = pthread_create(&s->prep, NULL, srv_prep_thread, s) == 0;
+}
+
+static int srv_start(struct srv *s, mbp_err *err)
+{
+	struct mb_config *cfg = s->a->cfg;
+	int rv;
+	if (s->prep_started) {
+		pthread_join(s->prep, NULL);
+		s->prep_started = false;
+		if (s->prep_rc < 0)
+			return mbp_err_set(err, s->prep_rc, "%s", s->prep_msg);
+	} else if ((rv = srv_open(s, err)) < 0) {
+		return rv;
 	}
 	char url[128];
 	snprintf(url, sizeof(url), "tcp://%s:%d", cfg->address[0] ? cfg->address : "0.0.0.0",
@@ -499,15 +545,9 @@ __attribute__((noreturn)) static void finish_shutdown(struct mb_agent *a, struct
 
 void mb_agent_run(struct mb_agent *a)
 {
-	struct srv *s = calloc(1, sizeof(*s));
-	if (!s) {
-		mb_log("agent: out of memory");
-		reboot(RB_AUTOBOOT);
-	}
-	s->a = a;
-	a->srv = s;
-	pthread_mutex_init(&s->mu, NULL);
-	s->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (!a->srv)
+		mb_agent_prepare(a);
+	struct srv *s = a->srv;
 	s->wake_tag.kind = MB_TAG_WAKE;
 	s->sig_tag.kind = MB_TAG_SIGNAL;
 	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &s->wake_tag };

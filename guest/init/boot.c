@@ -179,6 +179,14 @@ int mb_config_load(struct mb_config *cfg, mbp_err *err)
 	json_t *mods = json_object_get(j, "modules");
 	if (json_is_array(mods))
 		cfg->modules = json_incref(mods);
+	json_t *run = json_object_get(j, "run");
+	if (run && !json_is_null(run)) {
+		if (!json_is_object(run)) {
+			rc = mbp_err_set(err, -EINVAL, "boot config: run must be an object");
+			goto out;
+		}
+		cfg->run = json_incref(run);
+	}
 out:
 	json_decref(j);
 	return rc;
@@ -188,9 +196,11 @@ void mb_config_free(struct mb_config *cfg)
 {
 	free(cfg->mounts);
 	json_decref(cfg->modules);
+	json_decref(cfg->run);
 	memset(cfg->token, 0, sizeof(cfg->token));
 	cfg->mounts = NULL;
 	cfg->modules = NULL;
+	cfg->run = NULL;
 }
 
 static int load_module(const char *name)

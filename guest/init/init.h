@@ -73,6 +73,7 @@ struct mb_config {
 	int nmounts;
 	json_t *modules; /* array of names or NULL: load the initramfs's modules.order */
 	int disk_timeout_ms;
+	json_t *run; /* the container's main process, started at boot (a run request), or NULL */
 };
 
 /* Read MB_BOOT_JSON into cfg and delete the file. 0 or negative errno. */
@@ -151,6 +152,9 @@ struct mb_tag {
 };
 
 /* Run the agent until shutdown; never returns (reboots the VM). */
+/* Start opening the agent's nng socket on a thread (call once the signal mask is set:
+ * nng's threads inherit it); mb_agent_run() waits for it. Optional. */
+void mb_agent_prepare(struct mb_agent *a);
 void mb_agent_run(struct mb_agent *a) __attribute__((noreturn));
 void mb_begin_shutdown(struct mb_agent *a, int64_t grace_ms);
 

@@ -62,6 +62,8 @@ int main(int argc, char **argv)
 	if (mb_leave_initramfs() < 0)
 		fatal("initramfs", "cannot switch to a tmpfs root");
 	mb_late_mounts();
+	/* nng's start-up (threads) overlaps the disk and network set-up below */
+	mb_agent_prepare(&a);
 	if (mb_mount_root(&cfg, &e) < 0)
 		fatal("root filesystem", e.msg);
 	if (mb_net_setup(&cfg, &e) < 0)
@@ -75,5 +77,16 @@ int main(int argc, char **argv)
 	a.epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (a.epfd < 0 || mb_procs_init(&a) < 0)
 		fatal("agent", "cannot allocate");
+	if (cfg.run) {
+		/* Start the container's process now rather than when the host asks: the host's
+		 * run request then finds it running (run is idempotent by id). On failure the
+		 * host's request tries again and gets the error. */
+		json_t *r = mb_op_run(&a, cfg.run, false);
+		if (!json_is_true(json_object_get(r, "ok")))
+			mb_log("boot run: %s", mbp_get_str(r, "message", "failed"));
+		json_decref(r);
+		json_decref(cfg.run);
+		cfg.run = NULL;
+	}
 	mb_agent_run(&a);
 }

@@ -142,7 +142,7 @@ static bool is_list(const json_t *v)
 static const char *const top_fields[] = {
 	"id",   "name",   "vcpus",         "memory_mib", "kernel",  "initramfs",
 	"acpi", "disks",  "shares",        "nics",       "network", "hostname",
-	"root", "mounts", "cmdline_extra", "labels",     NULL,
+	"root", "mounts", "cmdline_extra", "labels",     "run",     NULL,
 };
 
 static bool known(const char *const *list, const char *k)
@@ -740,6 +740,23 @@ json_t *vm_spec_normalize(const json_t *spec, const char **field, mb_err *err)
 		json_object_set(out, "labels", v);
 	} else {
 		json_object_set_new(out, "labels", json_object());
+	}
+	/* run: the main process, started by moonbox-init at every boot (PROTOCOL.md) */
+	v = json_object_get(spec, "run");
+	if (v && !json_is_null(v)) {
+		if (!json_is_object(v))
+			FAIL("run", "must be a process description (an object)");
+		mb_err pe = { 0 };
+		json_t *in = json_copy((json_t *)v); /* ours: the id defaults to "main" */
+		if (in && !json_object_get(in, "id"))
+			json_object_set_new(in, "id", json_string("main"));
+		if (!in)
+			FAIL("run", "out of memory");
+		json_t *run = vm_proc_normalize(in, true, &pe);
+		json_decref(in);
+		if (!run)
+			FAIL("run", "%.180s", pe.msg);
+		json_object_set_new(out, "run", run);
 	}
 	return out;
 fail:

@@ -618,7 +618,7 @@ static struct argv build_argv(struct vm *v, int agent_port)
 	json_t *d;
 	int ndev = 0;
 	bool rng_done = false;
-#define RNG_IF_SLOT5()                                                                              \
+#define RNG_IF_SLOT5()                                                                             \
 	do {                                                                                       \
 		if (ndev == 4 && !rng_done) {                                                      \
 			ADD("-object");                                                            \
@@ -715,6 +715,8 @@ static json_t *boot_config(const struct vm *v)
 	if (nic0)
 		json_object_set(net, "mac", json_object_get(nic0, "mac"));
 	json_object_set_new(cfg, "network", net);
+	if (json_object_get(s, "run"))
+		json_object_set(cfg, "run", json_object_get(s, "run"));
 	return cfg;
 }
 

@@ -132,6 +132,8 @@ return {
       { base { network = { address = "10.0.2.300/24" } }, "network.address" },
       { base { root = { type = "overlay" } }, "root" },
       { base { mounts = { { type = "block", serial = "nope", target = "/data" } } }, "mounts[0]" },
+      { base { run = { argv = {} } }, "run" },
+      { base { run = "sh" }, "run" },
     }
     for i, c in ipairs(cases) do
       local rec, msg, code, field = vm.create(c[1])
@@ -498,6 +500,39 @@ return {
     local o = ok(vm.command(rec.id, { "sh", "-c", "uname -r; cat /etc/image-file" }))
     ok(o.stdout:find("cloud", 1, true) and o.stdout:find("image-file", 1, true), o.stdout)
     ok(vm.stop(rec.id, { timeout = 1 }))
+    ok(vm.remove(rec.id))
+    assert_gone(rec.id)
+  end,
+
+  test_k_run_at_boot = function()
+    -- the spec's run: moonbox-init starts it before the host asks
+    local rec = ok(vm.create(spec("bootrun", {
+      run = { argv = { "sh", "-c", "echo from-boot:$WHO; exec sleep 600" }, env = { "WHO=init" } } })))
+    eq(rec.spec.run.id, "main")
+    ok(vm.start(rec.id))
+    local out, off = "", 0
+    wait_until("the boot-run output", function()
+      local d, nxt = ok(vm.read(rec.id, "main", "stdout", off, { wait = 1 }))
+      out, off = out .. d, nxt
+      return out:find("from-boot:init", 1, true)
+    end, 60)
+    -- the host's run with the same id finds it (it was not started twice)
+    local p = ok(vm.run(rec.id, { id = "main", argv = { "sh", "-c", "echo second" } }))
+    eq(p.existing, true)
+    local con = vm.console(rec.id)
+    local started = con:find("container main started", 1, true)
+    local listening = con:find("agent: listening", 1, true)
+    ok(started and listening and started < listening, "started before the agent listened")
+    ok(vm.kill(rec.id))
+    ok(vm.remove(rec.id))
+    assert_gone(rec.id)
+    -- a process that cannot start: the VM still comes up, vm.run reports why
+    rec = ok(vm.create(spec("bootrun-missing", { run = { argv = { "/no/such/binary" } } })))
+    ok(vm.start(rec.id))
+    ok(vm.console(rec.id):find("boot run:", 1, true), "the console says why")
+    local r, msg, code = vm.run(rec.id, { id = "main", argv = { "/no/such/binary" } })
+    eq(r, nil); eq(code, "not_found", msg); ok(msg:find("/no/such/binary", 1, true), msg)
+    ok(vm.kill(rec.id))
     ok(vm.remove(rec.id))
     assert_gone(rec.id)
   end,

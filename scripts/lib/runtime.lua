@@ -348,6 +348,16 @@ local function do_start(c, reason)
   end
   local vmspec, err, code = build_vm(c, img, undo)
   if not vmspec then return fail(err, code) end
+  local cfg = c.config
+  local proc_spec = {
+    id = "main", argv = cfg.argv, env = cfg.env, cwd = cfg.workdir, user = cfg.user,
+    hostname = cfg.hostname or containers.short(c.id), tty = cfg.tty, stdin = cfg.stdin,
+    buffer = 4 * MIB, memory_max = cfg.memory,
+  }
+  -- moonbox-init starts the main process as soon as its disks and network are up
+  -- (guest/PROTOCOL.md, boot config "run"); the vm.run below then finds it running, or
+  -- retries and reports why it could not start.
+  vmspec.run = proc_spec
   local v
   v, err, code = vm.create(vmspec)
   if not v then return fail("cannot create the VM: " .. tostring(err), code) end
@@ -356,12 +366,6 @@ local function do_start(c, reason)
   v, err, code = vm.start(rt.vm_id)
   if not v then return fail("the VM did not start: " .. tostring(err), code) end
   containers.transition(c, "initializing", "the guest agent is up")
-  local cfg = c.config
-  local proc_spec = {
-    id = "main", argv = cfg.argv, env = cfg.env, cwd = cfg.workdir, user = cfg.user,
-    hostname = cfg.hostname or containers.short(c.id), tty = cfg.tty, stdin = cfg.stdin,
-    buffer = 4 * MIB, memory_max = cfg.memory,
-  }
   local r
   r, err, code = vm.run(rt.vm_id, proc_spec)
   if not r then return fail(tostring(err), code == "not_found" and "invalid" or code) end
