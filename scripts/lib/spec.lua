@@ -16,7 +16,7 @@ local M = {}
 
 M.MIN_MEMORY = 64 * 1024 * 1024
 M.MAX_MEMORY = 32 * 1024 * 1024 * 1024
-M.DEFAULT_MEMORY = 512 * 1024 * 1024
+M.DEFAULT_MEMORY = 256 * 1024 * 1024 -- like fly.io's smallest machine; see scripts/README.md
 M.DEFAULT_DISK = 10 * 1024 * 1024 * 1024
 
 local FIELDS = {
