@@ -182,15 +182,16 @@ api.route("GET", "/v1/containers/{id}/exec/ws", function(req)
   local tty = truthy(q.tty)
   local rows = number_param(req, "rows", 1, 1000) or 24
   local cols = number_param(req, "cols", 1, 1000) or 80
-  local env = req:query_all("env")
+  local env, user, cwd = runtime.exec_defaults(c, req:query_all("env"), q.user, q.workdir)
   local sock = req:websocket()
   local vmid = c.runtime.vm_id
   local pid = "exec-" .. moonbox.random(6)
-  local p, err = vm.exec(vmid, { id = pid, argv = cmd, env = env, user = q.user, cwd = q.workdir,
-                                 tty = tty, stdin = true, rows = math.floor(rows), cols = math.floor(cols) })
+  local p, err, ecode = vm.exec(vmid, { id = pid, argv = cmd, env = env, user = user, cwd = cwd,
+                                        tty = tty, stdin = true, rows = math.floor(rows), cols = math.floor(cols) })
   if not p then
     sock:send(json.encode({ type = "error", message = tostring(err) }))
-    sock:send(json.encode({ type = "exit", exit_code = 126 }))
+    -- the shell's codes: 127 the command was not found, 126 it could not be run
+    sock:send(json.encode({ type = "exit", exit_code = ecode == "not_found" and 127 or 126 }))
     sock:close(1011, "exec failed")
     return
   end
@@ -501,7 +502,7 @@ apidoc.schema("CreateSpec", { type = "object", required = { "image" }, propertie
   image = S("string"), name = S("string"), cmd = A(S("string")), entrypoint = A(S("string")),
   env = { description = "[\"K=V\"] or {K: V}" }, workdir = S("string"), user = S("string"),
   hostname = S("string"), cpus = { type = "number", minimum = 0.1, maximum = 16, multipleOf = 0.1 },
-  memory = { description = "bytes (64 MiB..32 GiB) or \"256m\"" },
+  memory = { description = "bytes (64 MiB..32 GiB) or \"256m\"; default 256 MiB" },
   ports = A({ description = "\"8080:80\", \"127.0.0.1:53:53/udp\", \"80\" or a port object" }),
   volumes = A({ description = "\"name:/path[:ro]\", \"/host:/path[:ro]\", \"/path\" or an object" }),
   network = S("string"), restart = { description = "no | always | unless-stopped | on-failure[:N]" },
@@ -560,13 +561,18 @@ apidoc.add("POST", "/v1/containers/{id}/wait", { summary = "Wait for the contain
   query = { { name = "condition", desc = "not-running | next-exit | removed" }, { name = "timeout", type = "number" } },
   responses = { [200] = "ExitStatus", [404] = true, [504] = true } })
 apidoc.add("POST", "/v1/containers/{id}/exec", { summary = "Run a command, return its output and exit code", tags = T,
+  desc = "Like docker exec, the command gets the container's environment (env on top, a later K=V wins), "
+    .. "user and working directory unless the request gives them. A command that cannot be found or run "
+    .. "is a 400 naming it.",
   body = { type = "object", required = { "cmd" }, properties = { cmd = A(S("string")), env = A(S("string")),
     user = S("string"), workdir = S("string"), stdin = S("string"), timeout = S("number") } },
   responses = { [200] = { type = "object", properties = { exit_code = S("integer"), stdout = S("string"),
     stderr = S("string") } }, [400] = true, [404] = true, [409] = true } })
 apidoc.add("GET", "/v1/containers/{id}/exec/ws", { summary = "Interactive exec over WebSocket", tags = T,
   desc = "Binary frames carry stdin and output (without a tty the first byte is the stream: 1 stdout, 2 stderr); "
-    .. "text frames carry JSON control messages: resize {rows, cols}, eof, and a final exit {exit_code}.",
+    .. "text frames carry JSON control messages: resize {rows, cols}, eof, and a final exit {exit_code}. "
+    .. "Environment, user and workdir default as for POST .../exec. A command that cannot start sends "
+    .. "{type: error, message} and exit 127 (not found) or 126 (cannot run).",
   query = { { name = "cmd", required = true, desc = "repeat for each argument" }, { name = "tty", type = "boolean" },
     { name = "rows", type = "integer" }, { name = "cols", type = "integer" }, { name = "env", desc = "K=V, repeatable" },
     { name = "user" }, { name = "workdir" } }, responses = { [101] = true, [400] = true, [404] = true, [409] = true } })

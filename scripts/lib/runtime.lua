@@ -819,6 +819,28 @@ function M.wait(ref, condition, timeout)
   end
 end
 
+-- What an exec'd process gets unless the request says otherwise, like `docker exec`: the
+-- container's environment (the request's env on top: a later K=V replaces an earlier
+-- one), its user and its working directory. env: list of "K=V" or {K = "V"} or nil.
+function M.exec_defaults(c, env, user, workdir)
+  local over = {}
+  if type(env) == "table" then
+    if #env > 0 or next(env) == nil then
+      for _, kv in ipairs(env) do over[#over + 1] = tostring(kv) end
+    else
+      local keys = {}
+      for k in pairs(env) do keys[#keys + 1] = tostring(k) end
+      table.sort(keys)
+      for _, k in ipairs(keys) do over[#over + 1] = k .. "=" .. tostring(env[k]) end
+    end
+  end
+  local cfg = c.config or {}
+  local function given(v) return v ~= nil and v ~= "" and v ~= json.null end
+  return merge_env(list_or_empty(cfg.env), over),
+         given(user) and user or cfg.user,
+         given(workdir) and workdir or cfg.workdir
+end
+
 -- Non-interactive exec: {cmd=, env=, user=, workdir=, stdin=} -> {exit_code, stdout, stderr}
 function M.exec(ref, body)
   local c, err, code = containers.get(ref)
@@ -838,8 +860,12 @@ function M.exec(ref, body)
   if timeout ~= nil and (type(timeout) ~= "number" or timeout <= 0 or timeout > 86400) then
     return nil, "timeout: must be a number of seconds", "invalid", { field = "timeout" }
   end
+  if body.env ~= nil and type(body.env) ~= "table" then
+    return nil, "env: must be a list of \"K=V\" strings or an object", "invalid", { field = "env" }
+  end
+  local env, user, cwd = M.exec_defaults(c, body.env, body.user, body.workdir)
   local r, e, cd = vm.command(c.runtime.vm_id, cmd, {
-    timeout = timeout or 300, stdin = body.stdin, env = body.env, user = body.user, cwd = body.workdir,
+    timeout = timeout or 300, stdin = body.stdin, env = env, user = user, cwd = cwd,
   })
   if not r then return nil, e, cd == "not_found" and "invalid" or cd end
   return r

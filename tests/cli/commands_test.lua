@@ -153,12 +153,6 @@ return {
     eq(r, nil); eq({ err.code, err.message }, { "not_found", "manifest unknown" })
   end,
 
-  test_exec_env = function()
-    local exec = require("cli.commands.exec")
-    eq(exec.merge_env({ "PATH=/bin", "A=1" }, { "A=2", "B=3" }), { "PATH=/bin", "A=2", "B=3" })
-    eq(exec.merge_env({}, { "X=1" }), { "X=1" })
-  end,
-
   test_event_line = function()
     local ev = require("cli.commands.events")
     eq(ev.line({ time = 1795332563.5, type = "container.stopped",

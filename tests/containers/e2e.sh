@@ -58,7 +58,7 @@ qemu_of() { # the QEMU processes this daemon started
 }
 
 # --- the full flow ------------------------------------------------------------------
-out=$(post "/v1/containers?start=1" -d "{\"image\":\"$HTTPD\",\"name\":\"web\",\"ports\":[\"$PORT1:80\"],\"cpus\":0.5,\"memory\":\"128m\"}")
+out=$(post "/v1/containers?start=1" -d "{\"image\":\"$HTTPD\",\"name\":\"web\",\"ports\":[\"$PORT1:80\"],\"cpus\":0.5,\"memory\":\"128m\",\"env\":[\"GREETING=hi\"]}")
 expect_eq "create + start answers 201" "$(status_of <<<"$out")" 201
 check "the image was pulled on demand, with progress events" \
   bash -c "curl -s --unix-socket '$D_SOCK' 'http://x/v1/events?follow=false&type=image.pull.*' | jq -e 'length > 0' >/dev/null"
@@ -77,6 +77,11 @@ check "the request shows in the logs" bash -c "curl -s --unix-socket '$D_SOCK' '
 out=$(post /v1/containers/web/exec -d '{"cmd":["sh","-c","echo out; echo err >&2; exit 3"]}')
 expect_eq "exec returns the exit code" "$(body_of <<<"$out" | jq -r .exit_code)" 3
 expect_eq "exec keeps stdout and stderr apart" "$(body_of <<<"$out" | jq -c '[.stdout, .stderr]')" '["out\n","err\n"]'
+expect_eq "exec sees the container's environment" "$(post /v1/containers/web/exec -d '{"cmd":["sh","-c","echo $GREETING"]}' | body_of | jq -r .stdout)" "hi"
+expect_eq "exec env goes on top of it" "$(post /v1/containers/web/exec -d '{"cmd":["sh","-c","echo $GREETING"],"env":["GREETING=yo"]}' | body_of | jq -r .stdout)" "yo"
+out=$(post /v1/containers/web/exec -d '{"cmd":["no-such-command"]}')
+expect_eq "exec of a missing command is a 400" "$(status_of <<<"$out")" 400
+check "... naming the command" grep -q "no-such-command" <<<"$out"
 stats=$(api GET /v1/containers/web/stats | body_of)
 check "stats report memory and network counters" jq -e '.memory_used > 0 and .memory_limit == 134217728 and .net_rx > 0 and .pids >= 1' <<<"$stats"
 check "top lists httpd" bash -c "curl -s --unix-socket '$D_SOCK' http://x/v1/containers/web/top | jq -e '[.processes[][4]] | any(test(\"httpd\"))' >/dev/null"

@@ -9,18 +9,6 @@ local session = require("cli.session")
 
 local M = {}
 
--- base, then over (a later K=V replaces an earlier one in place; order kept)
-function M.merge_env(base, over)
-  local out, at = {}, {}
-  local function add(kv)
-    local k = kv:match("^([^=]+)") or kv
-    if at[k] then out[at[k]] = kv else out[#out + 1] = kv; at[k] = #out end
-  end
-  for _, kv in ipairs(base or {}) do add(kv) end
-  for _, kv in ipairs(over or {}) do add(kv) end
-  return out
-end
-
 M.exec = {
   name = "exec",
   usage = "exec [OPTIONS] CONTAINER COMMAND [ARG...]",
@@ -56,11 +44,7 @@ M.exec = {
       return 1
     end
     local api = ctx.api()
-    -- like docker, the command sees the container's environment (-e on top): the exec
-    -- endpoints do not add it themselves (yet), so the client passes it along
-    local c = api:call("GET", "/v1/containers/" .. client.urlencode(pos[1]), { timeout = 60 })
-    local cenv = type(c) == "table" and type(c.config) == "table" and c.config.env
-    if type(cenv) == "table" and #cenv > 0 then env = M.merge_env(cenv, env) end
+    -- the daemon adds the container's environment, user and workdir (-e etc. on top)
     local cmd = {}
     for i = 2, #pos do cmd[#cmd + 1] = pos[i] end
     local q = { cmd = cmd, env = env, user = o.user, workdir = o.workdir }
