@@ -37,7 +37,7 @@ static struct {
 static void restore(void)
 {
 	if (TM.raw) {
-		tcsetattr(0, TCSAFLUSH, &TM.saved);
+		tcsetattr(0, TCSANOW, &TM.saved);
 		TM.raw = false;
 	}
 }
@@ -66,7 +66,8 @@ static int l_raw(lua_State *L)
 			return lua_failf(L, -errno, "tcgetattr: %s", strerror(errno));
 		struct termios t = TM.saved;
 		cfmakeraw(&t);
-		if (tcsetattr(0, TCSAFLUSH, &t) < 0)
+		/* TCSANOW: input typed ahead is kept (TCSAFLUSH would drop it) */
+		if (tcsetattr(0, TCSANOW, &t) < 0)
 			return lua_failf(L, -errno, "tcsetattr: %s", strerror(errno));
 		TM.raw = true;
 		static bool registered;

@@ -18,9 +18,11 @@ M.server_of = server_of
 
 -- One line from stdin; with hide, the terminal does not echo it.
 local function read_line(prompt, hide)
-  term.ewrite(prompt)
+  -- echo off before the prompt shows: whoever answers it must not be echoed, and
+  -- switching modes later would discard what was already typed
   local raw = hide and term.isatty(0)
   if raw then term.raw(true) end
+  term.ewrite(prompt)
   local buf = {}
   local ok, err = pcall(function()
     while true do
