@@ -173,21 +173,24 @@ end
 
 function M.short(id) return id:sub(1, 12) end
 
--- "Up 5 minutes", "Exited (0) 2 minutes ago", like docker ps.
+-- "Up 5 minutes", "Exited (0) 2 minutes ago": docker's wording (units.HumanDuration,
+-- which scripts/cli/format.lua's duration() also follows).
 local function human(seconds)
-  seconds = math.max(0, math.floor(seconds))
-  if seconds < 1 then return "Less than a second" end
-  if seconds < 60 then return seconds .. " seconds" end
-  local m = seconds // 60
+  seconds = math.max(0, seconds)
+  local s = math.floor(seconds)
+  if s < 1 then return "Less than a second" end
+  if s == 1 then return "1 second" end
+  if s < 60 then return s .. " seconds" end
+  local m = s // 60
   if m == 1 then return "About a minute" end
   if m < 60 then return m .. " minutes" end
-  local h = m // 60
+  local h = math.floor(seconds / 3600 + 0.5)
   if h == 1 then return "About an hour" end
   if h < 48 then return h .. " hours" end
-  local d = h // 24
-  if d < 14 then return d .. " days" end
-  if d < 60 then return (d // 7) .. " weeks" end
-  return (d // 30) .. " months"
+  if h < 24 * 7 * 2 then return (h // 24) .. " days" end
+  if h < 24 * 30 * 2 then return (h // (24 * 7)) .. " weeks" end
+  if h < 24 * 365 * 2 then return (h // (24 * 30)) .. " months" end
+  return (s // 3600 // (24 * 365)) .. " years"
 end
 M.human = human
 
