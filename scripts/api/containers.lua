@@ -117,12 +117,17 @@ api.route("POST", "/v1/containers/{id}/kill", action(function(c, req)
 end))
 
 api.route("POST", "/v1/containers/{id}/wait", function(req)
-  local c = find(req)
   local cond = req.query.condition or "not-running"
   if cond ~= "not-running" and cond ~= "next-exit" and cond ~= "removed" then
     api.error(400, "invalid", "condition: must be not-running, next-exit or removed", { field = "condition" })
   end
-  return check(runtime.wait(c.id, cond, number_param(req, "timeout", 0, 86400)))
+  local timeout = number_param(req, "timeout", 0, 86400)
+  -- an auto-removed container may be gone already: runtime.wait still knows its status
+  if cond == "removed" and not containers.get(req.params.id) then
+    return check(runtime.wait(req.params.id, cond, timeout))
+  end
+  local c = find(req)
+  return check(runtime.wait(c.id, cond, timeout))
 end)
 
 api.route("POST", "/v1/containers/{id}/exec", function(req)
@@ -558,7 +563,8 @@ apidoc.add("POST", "/v1/containers/{id}/resume", { summary = "Resume", tags = T,
 apidoc.add("POST", "/v1/containers/{id}/kill", { summary = "Send a signal to the main process", tags = T,
   query = { { name = "signal", desc = "name or number, default SIGKILL" } }, responses = OBJ })
 apidoc.add("POST", "/v1/containers/{id}/wait", { summary = "Wait for the container to stop (long poll)", tags = T,
-  query = { { name = "condition", desc = "not-running | next-exit | removed" }, { name = "timeout", type = "number" } },
+  query = { { name = "condition", desc = "not-running | next-exit | removed (answers with the last exit status; "
+    .. "still answers for 5 minutes after the removal)" }, { name = "timeout", type = "number" } },
   responses = { [200] = "ExitStatus", [404] = true, [504] = true } })
 apidoc.add("POST", "/v1/containers/{id}/exec", { summary = "Run a command, return its output and exit code", tags = T,
   desc = "Like docker exec, the command gets the container's environment (env on top, a later K=V wins), "

@@ -50,6 +50,8 @@ if not S then
   S = { locks = {}, conds = {}, rt = {} }
   rawset(_G, "__moonbox_container_state", S)
 end
+-- gone: the last exit status of recently removed containers, for wait?condition=removed
+S.gone = S.gone or {}
 
 local function decode(row)
   if not row then return nil end
@@ -135,7 +137,23 @@ function M.transitions(id, limit)
     .. "ORDER BY id DESC LIMIT ?", id, limit or 50)
 end
 
+-- The exit status a removed container had (by id or name, kept 5 minutes), or nil.
+function M.gone(id)
+  local g = S.gone[id]
+  return g and g.status
+end
+
 function M.delete(id)
+  local c, now = M.get(id), timer.now()
+  for k, g in pairs(S.gone) do
+    if g.time < now - 300 then S.gone[k] = nil end
+  end
+  if c then
+    local rt = c.runtime
+    local g = { time = now, status = { exit_code = rt.exit_code or 0, signal = rt.signal,
+                                       oom_killed = rt.oom_killed == true, error = rt.error } }
+    S.gone[id], S.gone[c.name] = g, g
+  end
   db.transaction(function()
     db.run("DELETE FROM containers WHERE id = ?", id)
     db.run("DELETE FROM container_transitions WHERE container = ?", id)

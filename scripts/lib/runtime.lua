@@ -789,9 +789,13 @@ end
 -- Wait for the container to leave the running states (condition "not-running"), or for
 -- its next exit ("next-exit"), or for its removal ("removed").
 function M.wait(ref, condition, timeout)
-  local c, err, code = containers.get(ref)
-  if not c then return nil, err, code end
   condition = condition or "not-running"
+  local c, err, code = containers.get(ref)
+  if not c then
+    -- removed already (auto-remove is quick): its last status is still known for a while
+    if condition == "removed" and containers.gone(ref) then return containers.gone(ref) end
+    return nil, err, code
+  end
   local id = c.id
   local deadline = timeout and (timer.now() + timeout) or nil
   local running = { booting = true, initializing = true, running = true, paused = true, stopping = true,
@@ -800,7 +804,7 @@ function M.wait(ref, condition, timeout)
   while true do
     c = containers.get(id)
     if condition == "removed" then
-      if not c then return { exit_code = 0 } end
+      if not c then return containers.gone(id) or { exit_code = 0 } end
     elseif not c then
       return nil, "the container was removed", "not_found"
     elseif condition == "next-exit" then

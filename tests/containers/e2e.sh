@@ -151,6 +151,14 @@ post "/v1/containers?start=1" -d "{\"image\":\"$TOOLBOX\",\"name\":\"quick\",\"c
 wait_state quick stopped
 c=$(api GET /v1/containers/quick | body_of)
 check "an immediate exit: stopped with its code and log tail" jq -e '.state_detail.exit_code == 7 and (.state_detail.log_tail | index("bye") != null)' <<<"$c"
+post /v1/containers -d "{\"image\":\"$TOOLBOX\",\"name\":\"ephemeral\",\"cmd\":[\"sh\",\"-c\",\"exit 5\"],\"auto_remove\":true,\"memory\":\"64m\"}" >/dev/null
+curl -s --unix-socket "$D_SOCK" -X POST 'http://x/v1/containers/ephemeral/wait?condition=removed&timeout=300' >"$TMP/wait.out" &
+wait_pid=$!
+post /v1/containers/ephemeral/start >/dev/null
+wait "$wait_pid" || true
+expect_eq "wait?condition=removed answers with the exit code of an auto-removed container" "$(jq -r .exit_code "$TMP/wait.out")" 5
+expect_eq "... which is gone" "$(api GET /v1/containers/ephemeral | status_of)" 404
+expect_eq "... and a late wait still gets its code" "$(post '/v1/containers/ephemeral/wait?condition=removed' | body_of | jq -r .exit_code)" 5
 post "/v1/containers?start=1" -d "{\"image\":\"$TOOLBOX\",\"name\":\"victim\",\"cmd\":[\"sleep\",\"1000\"],\"memory\":\"64m\"}" >/dev/null
 vmid=$(api GET /v1/containers/victim | body_of | jq -r .vm.id)
 kill -9 "$(cat "$D_RUN/vms/$vmid/qemu.pid")"
