@@ -227,12 +227,24 @@ api.route("GET", "/v1/containers/{id}/exec/ws", function(req)
   vm.release(vmid, pid)
 end)
 
+-- Attach to the main process. Like docker's, an attach may come before the start (a
+-- created, booting or restarting container): output is forwarded from the first byte,
+-- stdin typed meanwhile is kept (up to 1 MiB) and delivered once the process runs, and
+-- rows/cols (or a resize message) size the terminal then.
+local ATTACH_WAIT = { created = true, booting = true, initializing = true, restarting = true }
+local ATTACH_LIVE = { running = true, paused = true }
+
 api.route("GET", "/v1/containers/{id}/attach/ws", function(req)
-  local c = ws_precheck(req)
-  local tty = c.config.tty
+  local c = find(req)
+  if not (ATTACH_LIVE[c.state] or ATTACH_WAIT[c.state]) then
+    api.error(409, "conflict", "container " .. c.name .. " is " .. c.state, { state = c.state })
+  end
+  local rows = number_param(req, "rows", 1, 1000)
+  local cols = number_param(req, "cols", 1, 1000)
+  local tty, stdin = c.config.tty, c.config.stdin
   local replay = req.query.logs == nil or truthy(req.query.logs)
   local sock = req:websocket()
-  local id, vmid = c.id, c.runtime.vm_id
+  local id = c.id
   -- subscribe and read what is already there in one go (no wait between): no gap
   local sub = logs.raw_subscribe(id)
   if replay then
@@ -245,30 +257,50 @@ api.route("GET", "/v1/containers/{id}/attach/ws", function(req)
       if rest ~= "" then sock:send(tty and rest or ((stream == "stdout" and "\1" or "\2") .. rest), "binary") end
     end
   end
+  -- the VM of the running process (nil until then); what the client sent before that
+  local vmid, pending, pending_bytes, pending_eof = nil, {}, 0, false
+  local function became_live(v)
+    if rows and cols and tty then vm.resize(v, "main", math.floor(rows), math.floor(cols)) end
+    while pending[1] do vm.write(v, "main", table.remove(pending, 1)) end
+    if pending_eof then vm.close_stdin(v, "main") end
+    vmid = v -- no yield since the loop ended: nothing can slip into pending now
+  end
   local forward = task.spawn(function()
     while true do
-      local chunks = sub:next(15)
+      local chunks = sub:next(vmid and 15 or 0.25)
       for _, ch in ipairs(chunks or {}) do
         if not sock:send(tty and ch.data or ((ch.stream == "stdout" and "\1" or "\2") .. ch.data), "binary") then
           return
         end
       end
       local cur = containers.get(id)
-      if not cur or (cur.state ~= "running" and cur.state ~= "paused" and cur.state ~= "initializing") then
-        local st = runtime.wait(id, "not-running", 10) or {}
-        sock:send(json.encode({ type = "exit", exit_code = st.exit_code or 0 }))
+      local st = cur and cur.state
+      if st and ATTACH_LIVE[st] then
+        if not vmid then became_live(cur.runtime.vm_id) end
+      elseif not (st and not vmid and ATTACH_WAIT[st]) then
+        local ex = runtime.wait(id, "not-running", 10) or {}
+        sock:send(json.encode({ type = "exit", exit_code = ex.exit_code or 0 }))
         sock:close(1000, "exited")
         return
       end
     end
   end)
   control_loop(sock, function(data)
-    if c.config.stdin then vm.write(vmid, "main", data) end
+    if not stdin then return end
+    if vmid then
+      vm.write(vmid, "main", data)
+    elseif pending_bytes + #data <= 1024 * 1024 then
+      pending[#pending + 1], pending_bytes = data, pending_bytes + #data
+    end
   end, function(m)
     if m.type == "resize" and tonumber(m.rows) and tonumber(m.cols) then
-      vm.resize(vmid, "main", math.floor(m.rows), math.floor(m.cols))
-    elseif m.type == "eof" and c.config.stdin then
-      vm.close_stdin(vmid, "main")
+      if vmid then
+        vm.resize(vmid, "main", math.floor(m.rows), math.floor(m.cols))
+      else
+        rows, cols = tonumber(m.rows), tonumber(m.cols)
+      end
+    elseif m.type == "eof" and stdin then
+      if vmid then vm.close_stdin(vmid, "main") else pending_eof = true end
     end
   end)
   sub:close()
@@ -583,7 +615,12 @@ apidoc.add("GET", "/v1/containers/{id}/exec/ws", { summary = "Interactive exec o
     { name = "rows", type = "integer" }, { name = "cols", type = "integer" }, { name = "env", desc = "K=V, repeatable" },
     { name = "user" }, { name = "workdir" } }, responses = { [101] = true, [400] = true, [404] = true, [409] = true } })
 apidoc.add("GET", "/v1/containers/{id}/attach/ws", { summary = "Attach to the main process over WebSocket", tags = T,
-  query = { { name = "logs", type = "boolean", desc = "replay the stored output first (default true)" } },
+  desc = "Frames as for exec/ws. Allowed while running or paused and, like docker, before the start (created, "
+    .. "booting, restarting): output is forwarded from its first byte, stdin sent meanwhile (up to 1 MiB) is "
+    .. "delivered when the process runs, and rows/cols or a resize message size its terminal then. "
+    .. "Ends with {type: exit, exit_code} when the container stops.",
+  query = { { name = "logs", type = "boolean", desc = "replay the stored output first (default true)" },
+    { name = "rows", type = "integer" }, { name = "cols", type = "integer" } },
   responses = { [101] = true, [404] = true, [409] = true } })
 apidoc.add("GET", "/v1/containers/{id}/logs", { summary = "Logs (stored, and followed)", tags = T, query = {
   { name = "follow", type = "boolean" }, { name = "tail", desc = "number of lines or all" },

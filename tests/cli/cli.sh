@@ -361,6 +361,12 @@ rc_is "run -it: the session" 0
 out_has "run -it: the container's exit code" "exit=5"
 out_has "run -it: the terminal is restored" "termios=restored"
 set +e
+PTY_SIZE=33x111 $PTY 'expect:# ;;send:busybox stty size\r;;expect:33 111;;send:exit 6\r' \
+  -- "$MB" -H "unix://$D_SOCK" run -it --rm "$IMG" sh >"$TMP/out" 2>&1; RC=$?
+set -e
+OUT=$(cat "$TMP/out")
+out_has "run -it: the terminal has the client's size from the start (attached before the start)" "exit=6"
+set +e
 $PTY 'expect:# ;;send:busybox stty size\r;;expect:24 80;;send:exit 4\r' -- "$MB" -H "unix://$D_SOCK" exec -it box sh >"$TMP/out" 2>&1; RC=$?
 set -e
 OUT=$(cat "$TMP/out")

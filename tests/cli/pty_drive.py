@@ -7,6 +7,7 @@ SCRIPT is a list of steps separated by ";;":
     expect:TEXT      wait (up to 20 s) until TEXT appeared in the output since the last expect
     send:TEXT        write TEXT (\\r, \\n, \\x10 escapes are understood)
     resize:ROWSxCOLS change the terminal size (the kernel sends SIGWINCH)
+The terminal starts at $PTY_SIZE (ROWSxCOLS, default 24x80).
 Prints the exit code as "exit=N" and "termios=restored|changed" (is the terminal back in
 its original mode?), and the output on failure. Exits 0 when every expect matched.
 """
@@ -22,7 +23,8 @@ def main():
     steps = [s for s in sys.argv[1:sep][0].split(";;") if s]
     cmd = sys.argv[sep + 1:]
     master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    rows, cols = (int(x) for x in os.environ.get("PTY_SIZE", "24x80").split("x"))
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
     before = termios.tcgetattr(slave)
     proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
                             preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))

@@ -298,7 +298,7 @@ M.run = {
     end)
     -- Without a tty the output comes from the log stream, opened before the start so
     -- that nothing is missed (and nothing is lost to --rm); with a tty it comes raw
-    -- through the attach WebSocket, which needs the container running.
+    -- through the attach WebSocket.
     local log_resp
     if not o.tty then
       local lerr
@@ -310,9 +310,21 @@ M.run = {
         return 125
       end
     end
+    -- attach before the start, like docker: the terminal has its size from the first
+    -- instruction of the process, and early input is delivered once it runs
+    local ws, werr
+    if o.interactive or o.tty then
+      local q
+      if o.tty then
+        local rows, cols = term.size()
+        if rows then q = { rows = rows, cols = cols } end
+      end
+      ws, werr = api:websocket(path .. "/attach/ws", q)
+    end
     local started, err = api:call("POST", path .. "/start")
     if not started then
       waiter:cancel()
+      if ws then ws:close() end
       if log_resp then log_resp:close() end
       out.err(errors.describe(err))
       if o.rm then remove_quietly(api, id) end
@@ -322,12 +334,7 @@ M.run = {
     local session_code
     local printer = log_resp and task.spawn(logs.pump, log_resp)
     if o.interactive or o.tty then
-      local ws, werr = api:websocket(path .. "/attach/ws")
       if ws then
-        if o.tty then
-          local rows, cols = term.size()
-          if rows then ws:send(json.encode({ type = "resize", rows = rows, cols = cols })) end
-        end
         local res = session.run(ws, { tty = o.tty, stdin = o.interactive, raw = o.tty,
                                       output = o.tty and true or false,
                                       detach = o.tty and "\16\17" or nil })
