@@ -86,20 +86,23 @@ views.events = async (root) => {
   }
 };
 
-// Other scripts (containers, images, ...) register more views here.
+// Other scripts (containers.js, ...) register more views and tabs; they load after
+// this one and the first route() runs once they all have.
 const tabs = [["system", "System"], ["events", "Events"]];
 
+// "#name" or "#name/arg" (e.g. #container/<id>) -> views[name](root, arg)
 function route() {
   if (!state.token) return showLogin();
   for (const v of Object.values(views)) if (v.stop) { v.stop(); v.stop = null; }
-  const name = (location.hash || "#system").slice(1);
+  const [name, arg] = (location.hash || "#" + tabs[0][0]).slice(1).split("/");
   const nav = document.getElementById("nav");
   nav.replaceChildren(...tabs.map(([k, label]) =>
-    el("a", { href: "#" + k, class: k === name ? "active" : "" }, label)));
+    el("a", { href: "#" + k, class: k === name || k === name + "s" ? "active" : "" }, label)));
   const root = document.getElementById("view");
   root.replaceChildren();
-  (views[name] || views.system)(root).catch((e) => root.append(el("p", { class: "error" }, e.message)));
+  const view = views[name] || views[tabs[0][0]];
+  view(root, arg && decodeURIComponent(arg)).catch((e) => root.append(el("p", { class: "error" }, e.message)));
 }
 
 window.addEventListener("hashchange", route);
-route();
+document.addEventListener("DOMContentLoaded", route);

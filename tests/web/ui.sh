@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The web UI in a real browser (headless chromium driven by puppeteer-core, see ui.js)
+# against a real daemon, a real registry and real microVMs: connect, run a container from
+# the form, its logs, stats and a shell, stop and remove it, the images page.
+# Needs chromium and node (.ci/setup installs them) and puppeteer-core in
+# $MOONBOX_WEB_TEST_MODULES (default: <build>/web-test, filled by .ci/setup with npm);
+# without them it skips (exit 77) and says why.
+MB=$1
+HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/../lib.sh"
+. "$HERE/../registry/lib.sh"
+
+MODULES=${MOONBOX_WEB_TEST_MODULES:-$(dirname "$MB")/web-test}
+if ! command -v node >/dev/null || [ ! -x /usr/bin/chromium ] || [ ! -d "$MODULES/node_modules/puppeteer-core" ]; then
+  echo "# skipped: needs node, /usr/bin/chromium and puppeteer-core in $MODULES (.ci/setup installs them)"
+  exit 77
+fi
+
+# test-specific network names, so a real daemon on this machine is never touched
+export MOONBOX_NET_DEFAULT_BRIDGE=mbw0 MOONBOX_NET_DEFAULT_SUBNET=10.246.0.0/24
+export MOONBOX_NET_TABLE=moonbox_web MOONBOX_NET_TAP_PREFIX=mbwt MOONBOX_NET_BRIDGE_PREFIX=mbwn
+export MOONBOX_NET_POOL=10.247.0.0/16
+
+on_cleanup() {
+  fixture_cleanup
+  if [ -n "${D_STATE:-}" ] && [ -d "$D_STATE" ]; then
+    for p in $(ls "$D_RUN/vms" 2>/dev/null); do
+      [ -f "$D_RUN/vms/$p/qemu.pid" ] && kill -9 "$(cat "$D_RUN/vms/$p/qemu.pid")" 2>/dev/null || true
+    done
+    printf 'return { t = function() net.teardown { force = true } end }\n' > "$TMP/teardown_test.lua"
+    "$MB" test --state-dir "$D_STATE" "$TMP/teardown_test.lua" >/dev/null 2>&1 || true
+  fi
+}
+
+fixture_init
+start_registry web plain >/dev/null
+$PY "$HERE/../containers/images.py" "$REG_web" >/dev/null
+start_daemon web --log-level info
+HOST_PORT=$(free_port)
+mkdir -p "$TMP/shots"
+# chromium keeps its profile under HOME: give it the test's temp dir
+HOME=$TMP NODE_PATH="$MODULES/node_modules" node "$HERE/ui.js" "$D_PORT" "$D_TOKEN" \
+  "$REG_web/test/httpd" "$HOST_PORT" "$TMP/shots" | sed 's/^/    /'
+if [ "${PIPESTATUS[0]}" -eq 0 ]; then
+  pass "the web UI drives a container's whole life"
+else
+  fail "the web UI (see the lines above)"
+fi
+expect_eq "nothing is left running" "$(api GET '/v1/containers?all=1' | body_of | jq length)" 0
+finish
