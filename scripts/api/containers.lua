@@ -454,79 +454,84 @@ local function stat_path(vmid, path)
   return st
 end
 
+-- Both work on running containers and, through a short-lived VM without network or
+-- process (runtime.with_files), on created, stopped and failed ones, like docker cp.
 api.route("GET", "/v1/containers/{id}/archive", function(req)
-  local c = ws_precheck(req)
+  find(req)
   local path = req.query.path
   if type(path) ~= "string" or path:sub(1, 1) ~= "/" then
     api.error(400, "invalid", "path: an absolute path in the container is required", { field = "path" })
   end
-  local vmid = c.runtime.vm_id
-  local root = stat_path(vmid, path)
-  local base = path:match("([^/]+)/*$") or "root"
-  local s = req:stream(200, { ["Content-Type"] = "application/x-tar",
-                              ["Content-Disposition"] = 'attachment; filename="' .. base .. '.tar"' })
-  local function add(p, st, name, depth)
-    if depth > 64 then return true end
-    local kind = st.type
-    if kind == "directory" or kind == "dir" then
-      if not s:write(tar.header { name = name, type = "dir", mode = st.mode, mtime = st.mtime }) then return false end
-      local list = vm.fs_readdir(vmid, p) or {}
-      for _, e in ipairs(list) do
-        local child = type(e) == "table" and e.name or e
-        if child ~= "." and child ~= ".." then
-          local cst = vm.fs_stat(vmid, p .. "/" .. child)
-          if cst and not add(p .. "/" .. child, cst, name .. "/" .. child, depth + 1) then return false end
+  return check(runtime.with_files(req.params.id, function(vmid)
+    local root = stat_path(vmid, path)
+    local base = path:match("([^/]+)/*$") or "root"
+    local s = req:stream(200, { ["Content-Type"] = "application/x-tar",
+                                ["Content-Disposition"] = 'attachment; filename="' .. base .. '.tar"' })
+    local function add(p, st, name, depth)
+      if depth > 64 then return true end
+      local kind = st.type
+      if kind == "directory" or kind == "dir" then
+        if not s:write(tar.header { name = name, type = "dir", mode = st.mode, mtime = st.mtime }) then return false end
+        local list = vm.fs_readdir(vmid, p) or {}
+        for _, e in ipairs(list) do
+          local child = type(e) == "table" and e.name or e
+          if child ~= "." and child ~= ".." then
+            local cst = vm.fs_stat(vmid, p .. "/" .. child)
+            if cst and not add(p .. "/" .. child, cst, name .. "/" .. child, depth + 1) then return false end
+          end
         end
+        return true
+      elseif kind == "symlink" or kind == "link" then
+        return s:write(tar.header { name = name, type = "symlink", link = st.target or st.link or "", mtime = st.mtime })
+      elseif kind == "file" or kind == "regular" then
+        local data = vm.fs_read(vmid, p) or ""
+        return s:write(tar.header { name = name, type = "file", size = #data, mode = st.mode, mtime = st.mtime })
+          and s:write(data .. tar.pad(#data))
       end
-      return true
-    elseif kind == "symlink" or kind == "link" then
-      return s:write(tar.header { name = name, type = "symlink", link = st.target or st.link or "", mtime = st.mtime })
-    elseif kind == "file" or kind == "regular" then
-      local data = vm.fs_read(vmid, p) or ""
-      return s:write(tar.header { name = name, type = "file", size = #data, mode = st.mode, mtime = st.mtime })
-        and s:write(data .. tar.pad(#data))
+      return true -- devices, sockets: skipped
     end
-    return true -- devices, sockets: skipped
-  end
-  if add(path, root, base, 0) then s:write(tar.finish()) end
-  s:close()
+    if add(path, root, base, 0) then s:write(tar.finish()) end
+    s:close()
+    return true
+  end))
 end)
 
 api.route("PUT", "/v1/containers/{id}/archive", function(req)
-  local c = ws_precheck(req)
+  find(req)
   local dest = req.query.path
   if type(dest) ~= "string" or dest:sub(1, 1) ~= "/" then
     api.error(400, "invalid", "path: an absolute directory in the container is required", { field = "path" })
   end
-  local vmid = c.runtime.vm_id
-  local st = stat_path(vmid, dest)
-  if st.type ~= "directory" and st.type ~= "dir" then
-    api.error(400, "invalid", "path: " .. dest .. " is not a directory", { field = "path" })
-  end
-  local data = req.body_path and fs.read(req.body_path, 1 << 30) or req.body
-  local n = 0
-  local ok_, err = pcall(function()
-    for e in tar.entries(data) do
-      local rel = tar.safe_name(e.name)
-      if not rel then error("unsafe name in the archive: " .. tostring(e.name), 0) end
-      local target = (dest == "/" and "" or dest) .. "/" .. rel
-      if e.type == "dir" then
-        check(vm.fs_mkdir(vmid, target, { mode = e.mode, parents = true }))
-      elseif e.type == "file" then
-        local parent = target:match("^(.*)/[^/]+$")
-        if parent and parent ~= "" then vm.fs_mkdir(vmid, parent, { parents = true }) end
-        check(vm.fs_write(vmid, target, e.data, { mode = e.mode }))
-        n = n + 1
-      elseif e.type == "symlink" then
-        check(vm.fs_symlink(vmid, target, e.link))
-      end
+  return check(runtime.with_files(req.params.id, function(vmid)
+    local st = stat_path(vmid, dest)
+    if st.type ~= "directory" and st.type ~= "dir" then
+      api.error(400, "invalid", "path: " .. dest .. " is not a directory", { field = "path" })
     end
-  end)
-  if not ok_ then
-    if type(err) == "table" then error(err, 0) end
-    api.error(400, "invalid", tostring(err))
-  end
-  return { written = n }
+    local data = req.body_path and fs.read(req.body_path, 1 << 30) or req.body
+    local n = 0
+    local ok_, err = pcall(function()
+      for e in tar.entries(data) do
+        local rel = tar.safe_name(e.name)
+        if not rel then error("unsafe name in the archive: " .. tostring(e.name), 0) end
+        local target = (dest == "/" and "" or dest) .. "/" .. rel
+        if e.type == "dir" then
+          check(vm.fs_mkdir(vmid, target, { mode = e.mode, parents = true }))
+        elseif e.type == "file" then
+          local parent = target:match("^(.*)/[^/]+$")
+          if parent and parent ~= "" then vm.fs_mkdir(vmid, parent, { parents = true }) end
+          check(vm.fs_write(vmid, target, e.data, { mode = e.mode }))
+          n = n + 1
+        elseif e.type == "symlink" then
+          check(vm.fs_symlink(vmid, target, e.link))
+        end
+      end
+    end)
+    if not ok_ then
+      if type(err) == "table" then error(err, 0) end
+      api.error(400, "invalid", tostring(err))
+    end
+    return { written = n }
+  end))
 end, { body = "file" })
 
 -- --- documentation (served in /v1/openapi.json) ------------------------------------------
@@ -637,8 +642,13 @@ apidoc.add("GET", "/v1/containers/{id}/stats/history", { summary = "Usage sample
 apidoc.add("GET", "/v1/containers/{id}/top", { summary = "Processes in the container", tags = T,
   responses = { [200] = { type = "object", properties = { titles = A(S("string")), processes = A(A(S("string"))) } },
     [404] = true, [409] = true } })
+local FILES_DESC = "Works on running and paused containers and, like docker cp, on created, stopped and "
+  .. "failed ones: those get a short-lived VM with the container's disks, volumes and binds, no network "
+  .. "and no process (a start waits for it; about a boot's time more under TCG)."
 apidoc.add("GET", "/v1/containers/{id}/archive", { summary = "Copy a file or directory out (tar)", tags = T,
-  query = { { name = "path", required = true } }, responses = { [200] = "tar", [400] = true, [404] = true } })
+  desc = FILES_DESC, query = { { name = "path", required = true } },
+  responses = { [200] = "tar", [400] = true, [404] = true, [409] = true } })
 apidoc.add("PUT", "/v1/containers/{id}/archive", { summary = "Copy files in: a tar extracted into path", tags = T,
-  query = { { name = "path", required = true, desc = "an existing directory" } }, body = "tar",
-  responses = { [200] = { type = "object", properties = { written = S("integer") } }, [400] = true, [404] = true } })
+  desc = FILES_DESC, query = { { name = "path", required = true, desc = "an existing directory" } }, body = "tar",
+  responses = { [200] = { type = "object", properties = { written = S("integer") } }, [400] = true, [404] = true,
+    [409] = true } })

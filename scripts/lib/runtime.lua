@@ -875,11 +875,75 @@ function M.exec(ref, body)
   return r
 end
 
+-- --- files of a container -----------------------------------------------------------------
+
+-- fn(vmid, c) with a VM that has the container's file system: its own VM while it runs,
+-- else (created, stopped, error) a short-lived one with the same root disks, volumes and
+-- binds, no network and no process (the guest mounts the root, nothing runs), so that
+-- `docker cp` works on a stopped container too. Holds the container's lock meanwhile (a
+-- start waits). Returns fn's results, or nil, err, code.
+local FILES_STATES = { created = true, stopped = true, error = true }
+
+function M.with_files(ref, fn)
+  local c, err, code = containers.get(ref)
+  if not c then return nil, err, code end
+  if c.state == "running" or c.state == "paused" then return fn(c.runtime.vm_id, c) end
+  if not FILES_STATES[c.state] then return not_allowed(c, "copy files of") end
+  for _, mod in ipairs({ "registry", "vm" }) do
+    local ok_, nerr, ncode = need(mod)
+    if not ok_ then return nil, nerr, ncode end
+  end
+  return containers.locked(c.id, function()
+    c = containers.get(c.id)
+    if not c then return nil, "the container was removed", "not_found" end
+    if c.state == "running" or c.state == "paused" then return fn(c.runtime.vm_id, c) end
+    if not FILES_STATES[c.state] then return not_allowed(c, "copy files of") end
+    local img, ierr, icode = registry.inspect(c.image_id)
+    if not img then return nil, "the image is gone: " .. tostring(ierr), icode end
+    local cfg = c.config
+    local id = "c" .. containers.short(c.id) .. "-files-" .. moonbox.random(3)
+    local spec = {
+      id = id, name = id, vcpus = 1, memory_mib = 128,
+      disks = { { path = img.disk, readonly = true, serial = "lower" },
+                { path = c.runtime.upper, readonly = false, serial = "upper" } },
+      shares = {}, mounts = {}, nics = { { type = "user", restrict = true } },
+      hostname = cfg.hostname or containers.short(c.id),
+      root = { type = "overlay", lower = "lower", upper = "upper" },
+      labels = { container = c.id, name = c.name, purpose = "files" },
+    }
+    for _, d in ipairs(cfg.vm_disks or {}) do spec.disks[#spec.disks + 1] = d end
+    for _, sh in ipairs(cfg.vm_shares or {}) do spec.shares[#spec.shares + 1] = sh end
+    for _, m in ipairs(cfg.vm_mounts or {}) do spec.mounts[#spec.mounts + 1] = m end
+    local v, verr, vcode = vm.create(spec)
+    if not v then return nil, "cannot create a VM for the container's files: " .. tostring(verr), vcode end
+    local res
+    v, verr, vcode = vm.start(id)
+    if v then
+      res = table.pack(pcall(fn, id, c))
+    end
+    local st = vm.get(id)
+    if st and (st.state == "running" or st.state == "paused") then
+      if not vm.stop(id, { timeout = 5 }) then vm.kill(id) end
+    end
+    vm.remove(id, { force = true })
+    if not v then return nil, "the VM for the container's files did not start: " .. tostring(verr), vcode end
+    if not res[1] then error(res[2], 0) end
+    return table.unpack(res, 2, res.n)
+  end)
+end
+
 -- --- live restore ------------------------------------------------------------------------
 
 -- After a daemon start: re-adopt running containers, finish what was interrupted, and
 -- let restart policies act on containers whose VM went away while we were down.
 function M.reconcile()
+  -- VMs lent for a stopped container's files (with_files) when the daemon stopped
+  for _, v in ipairs(rawget(_G, "vm") and vm.list() or {}) do
+    if type(v.labels) == "table" and v.labels.purpose == "files" then
+      log.info("removing VM %s (it served a container's files when the daemon stopped)", v.id)
+      vm.remove(v.id, { force = true })
+    end
+  end
   for _, c in ipairs(containers.all()) do
     local ok_, err = pcall(function()
       local s = c.state

@@ -94,9 +94,19 @@ out=$(post "/v1/containers/web/stop?timeout=1")
 expect_eq "stop" "$(body_of <<<"$out" | jq -r .state)" stopped
 check "the port is closed while stopped" bash -c "! curl -s -m 2 http://127.0.0.1:$PORT1/ >/dev/null"
 expect_eq "no QEMU left while stopped" "$(qemu_of)" 0
+echo "while stopped" > "$TMP/in/stopped.txt" && tar -C "$TMP/in" -cf "$TMP/in2.tar" stopped.txt
+expect_eq "copy in while stopped (a VM just for the files)" "$(api PUT '/v1/containers/web/archive?path=/www' --data-binary @"$TMP/in2.tar" | body_of | jq -r .written)" 1
+api GET '/v1/containers/web/archive?path=/www/new.txt' | body_of > "$TMP/out2.tar"
+expect_eq "copy out while stopped" "$(tar -xOf "$TMP/out2.tar" new.txt)" "copied in"
+# (a GET's answer ends before its VM is stopped and removed: give that a bounded moment)
+for _ in $(seq 1 100); do [ "$(qemu_of)" = 0 ] && break; sleep 0.2; done
+expect_eq "the VM for the files is gone afterwards" "$(qemu_of)" 0
+check "... and its directories too" bash -c "! ls -d '$D_RUN'/vms/*-files-* 2>/dev/null | grep -q ."
+expect_eq "the container is still stopped" "$(state web)" stopped
 out=$(post /v1/containers/web/start)
 expect_eq "start again" "$(body_of <<<"$out" | jq -r .state)" running
 expect_eq "the copied file survived the restart (writable layer)" "$(page /new.txt)" "copied in"
+expect_eq "the file copied in while stopped is there" "$(page /stopped.txt)" "while stopped"
 expect_eq "pause" "$(post /v1/containers/web/pause | body_of | jq -r .state)" paused
 check "a paused container does not answer" bash -c "! curl -s -m 2 http://127.0.0.1:$PORT1/ >/dev/null"
 expect_eq "resume" "$(post /v1/containers/web/resume | body_of | jq -r .state)" running
