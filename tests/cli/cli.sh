@@ -298,6 +298,9 @@ err_has "stop: the one that failed" "no such container: nope"
 mb exec web echo hi
 rc_is "exec in a stopped container" 1
 err_has "exec in a stopped container: state" "stopped"
+mb cp web:/etc/passwd "$TMP/stopped-passwd"
+rc_is "cp out of a stopped container" 0
+check "cp out of a stopped container: the file" grep -q "^root:" "$TMP/stopped-passwd"
 mb update --cpus 2 --memory 1g web
 rc_is "update" 0
 mb inspect -f '{{.resources.cpus}} {{.resources.memory}}' web
