@@ -13,6 +13,8 @@
  *                                                file system, never follows symlinks)
  *   fs.copy(src, dst)                  -> true  (waits: worker; keeps holes, tries reflink)
  *   fs.truncate(path, size)            -> true  (creates a sparse file of that size)
+ *   fs.symlink(target, path)           -> true  (a symbolic link at path pointing to target)
+ *   fs.readlink(path)                  -> target string
  * Small reads and writes run inline; anything that can take long runs on a worker.
  */
 #include <dirent.h>
@@ -147,6 +149,29 @@ static int l_rename(lua_State *L)
 	if (rename(from, to) < 0)
 		return fail_errno(L, "rename", from);
 	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static int l_symlink(lua_State *L)
+{
+	const char *target = luaL_checkstring(L, 1);
+	const char *path = luaL_checkstring(L, 2);
+	if (symlink(target, path) < 0)
+		return fail_errno(L, "symlink", path);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static int l_readlink(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	char target[PATH_MAX];
+	ssize_t n = readlink(path, target, sizeof(target));
+	if (n < 0)
+		return fail_errno(L, "readlink", path);
+	if ((size_t)n == sizeof(target))
+		return lua_failf(L, -ENAMETOOLONG, "readlink %s: %s", path, strerror(ENAMETOOLONG));
+	lua_pushlstring(L, target, (size_t)n);
 	return 1;
 }
 
@@ -358,10 +383,11 @@ static int l_copy(lua_State *L)
 }
 
 static const luaL_Reg funcs[] = {
-	{ "read", l_read },     { "write", l_write },       { "append", l_append },
-	{ "exists", l_exists }, { "stat", l_stat },         { "mkdir", l_mkdir },
-	{ "remove", l_remove }, { "rename", l_rename }, { "list", l_list },         { "rmtree", l_rmtree },
-	{ "copy", l_copy },     { "truncate", l_truncate }, { NULL, NULL },
+	{ "read", l_read },       { "write", l_write },       { "append", l_append },
+	{ "exists", l_exists },   { "stat", l_stat },         { "mkdir", l_mkdir },
+	{ "remove", l_remove },   { "rename", l_rename },     { "list", l_list },
+	{ "rmtree", l_rmtree },   { "copy", l_copy },         { "truncate", l_truncate },
+	{ "symlink", l_symlink }, { "readlink", l_readlink }, { NULL, NULL },
 };
 
 int luaopen_mb_fs(lua_State *L)

@@ -324,6 +324,7 @@ out_is "rm: names" "$(printf 'web\nshort')"
 mb run -d --name box "$IMG" sleep 1000
 mkdir -p "$TMP/cp/src/sub"; echo one >"$TMP/cp/src/a.txt"; echo two >"$TMP/cp/src/sub/b.txt"
 chmod 600 "$TMP/cp/src/a.txt"
+ln -s a.txt "$TMP/cp/src/ln"
 mb cp box:/etc/passwd "$TMP/cp/"
 rc_is "cp a file out into a directory" 0
 expect_eq "cp: content" "$(head -n1 "$TMP/cp/passwd")" "root:x:0:0:root:/root:/bin/sh"
@@ -339,12 +340,15 @@ mb cp "$TMP/cp/src" box:/tmp
 rc_is "cp a directory in" 0
 mb exec box cat /tmp/src/sub/b.txt
 out_is "cp in: nested file" "two"
+mb exec box readlink /tmp/src/ln
+out_is "cp in: a symbolic link stays a link" "a.txt"
 mb cp "$TMP/cp/src/a.txt" box:/tmp/new.txt
 mb exec box cat /tmp/new.txt
 out_is "cp a file in under a new name" "one"
 mb cp box:/tmp/src "$TMP/cp/back"
 if diff -r "$TMP/cp/src" "$TMP/cp/back" >/dev/null; then pass "cp: round trip"; else fail "cp: round trip differs"; fi
 expect_eq "cp: mode kept" "$(stat -c %a "$TMP/cp/back/a.txt")" "600"
+expect_eq "cp out: a symbolic link stays a link" "$(readlink "$TMP/cp/back/ln")" "a.txt"
 set +e; "$MB" -H "unix://$D_SOCK" cp box:/etc/group - 2>/dev/null | tar -tf - >"$TMP/out"; set -e
 OUT=$(cat "$TMP/out"); expect_eq "cp to stdout: a tar of the file" "$OUT" "group"
 tar -C "$TMP/cp" -cf "$TMP/cp/in.tar" src

@@ -153,6 +153,18 @@ return {
     eq(r, nil); eq({ err.code, err.message }, { "not_found", "manifest unknown" })
   end,
 
+  test_cp_never_writes_through_links = function()
+    local cp = require("cli.commands.cp")
+    local d = TEST_DIR .. "/cpl"
+    ok(fs.mkdir(d .. "/real/sub"))
+    ok(fs.symlink("/etc", d .. "/esc"))
+    eq(cp.through_link(d, "/real/sub/file"), nil)
+    eq(cp.through_link(d, "/esc/passwd"), d .. "/esc")
+    eq(cp.through_link(d .. "/", "/esc/x/y"), d .. "/esc")
+    eq(cp.through_link(d, "/esc"), nil) -- the last part itself is replaced, not followed
+    eq(cp.through_link(d, ""), nil)
+  end,
+
   test_event_line = function()
     local ev = require("cli.commands.events")
     eq(ev.line({ time = 1795332563.5, type = "container.stopped",

@@ -35,6 +35,21 @@ local function dirname(p)
   return d
 end
 
+-- The first directory strictly between target and target..rel that is a symbolic link
+-- (on this host), or nil.
+local function through_link(target, rel)
+  local parts = {}
+  for seg in rel:gmatch("[^/]+") do parts[#parts + 1] = seg end
+  local p = target:gsub("/+$", "")
+  for i = 1, #parts - 1 do
+    p = p .. "/" .. parts[i]
+    local st = fs.stat(p)
+    if st and st.type == "link" then return p end
+  end
+  return nil
+end
+M.through_link = through_link
+
 -- Entry names from the archive: no absolute names, no "..", and below the root entry.
 local function relative(name, root)
   name = name:gsub("^%./", ""):gsub("/+$", "")
@@ -136,6 +151,9 @@ local function copy_from(api, o, id, src, dst)
     local rel = relative(h.name, root)
     if not rel then warn("skipping unsafe name in the archive: " .. h.name); return nil end
     local path = target .. rel
+    -- never write through a symbolic link the archive made (or found) below the target
+    local via = through_link(target, rel)
+    if via then warn("skipping " .. path .. ": " .. via .. " is a symbolic link"); return nil end
     if h.type == "dir" then
       local ok, merr = fs.mkdir(path, (h.mode ~= 0 and h.mode or 493) | 448)
       if not ok then fail = merr end
@@ -155,7 +173,11 @@ local function copy_from(api, o, id, src, dst)
         end
       end
     elseif h.type == "symlink" then
-      warn("skipping symbolic link " .. path .. " -> " .. h.linkname .. " (this client cannot create links)")
+      local st = fs.stat(path)
+      if st and st.type == "directory" then fail = "cannot overwrite directory " .. path .. " with a link"; return nil end
+      if st then fs.remove(path) end
+      local ok, lerr = fs.symlink(h.linkname, path)
+      if not ok then fail = lerr end
     else
       warn("skipping " .. h.type .. " " .. path)
     end
@@ -202,7 +224,9 @@ local function add_local(tmp, src, name, o, stats)
       end
       return nil, "cannot follow the link " .. src .. " (a link to a directory?)"
     end
-    out.err("moonbox cp: skipping symbolic link " .. src .. " (this client cannot read links)")
+    local link, lerr = fs.readlink(src)
+    if not link then return nil, lerr end
+    fs.append(tmp, tar.header { name = name, type = "symlink", linkname = link, mtime = st.mtime })
     return true
   elseif st.type == "directory" then
     fs.append(tmp, tar.header { name = name, type = "dir", mode = st.mode, mtime = st.mtime })
