@@ -484,9 +484,22 @@ api.route("GET", "/v1/containers/{id}/archive", function(req)
       elseif kind == "symlink" or kind == "link" then
         return s:write(tar.header { name = name, type = "symlink", link = st.target or st.link or "", mtime = st.mtime })
       elseif kind == "file" or kind == "regular" then
-        local data = vm.fs_read(vmid, p) or ""
-        return s:write(tar.header { name = name, type = "file", size = #data, mode = st.mode, mtime = st.mtime })
-          and s:write(data .. tar.pad(#data))
+        -- streamed in 1 MiB reads, so a file of any size goes through in bounded memory
+        local size = st.size or 0
+        if not s:write(tar.header { name = name, type = "file", size = size, mode = st.mode, mtime = st.mtime }) then
+          return false
+        end
+        local off = 0
+        while off < size do
+          local want = math.min(1024 * 1024, size - off)
+          local data = vm.fs_read(vmid, p, { offset = off, max = want })
+          -- the file shrank (or went away) meanwhile: zeros keep the archive well formed
+          if not data or #data == 0 then data = string.rep("\0", want) end
+          if #data > want then data = data:sub(1, want) end
+          if not s:write(data) then return false end
+          off = off + #data
+        end
+        return s:write(tar.pad(size))
       end
       return true -- devices, sockets: skipped
     end

@@ -90,6 +90,9 @@ expect_eq "copy a file in (tar)" "$(api PUT '/v1/containers/web/archive?path=/ww
 expect_eq "the copied file is served" "$(curl -s -m 5 "http://127.0.0.1:$PORT1/new.txt")" "copied in"
 api GET '/v1/containers/web/archive?path=/www' | body_of > "$TMP/out.tar"
 check "copy a directory out (tar)" bash -c "tar -tf '$TMP/out.tar' | grep -q 'www/index.html'"
+post /v1/containers/web/exec -d '{"cmd":["sh","-c","head -c 3000000 /dev/urandom > /tmp/big; md5sum /tmp/big"]}' | body_of | jq -r .stdout | cut -d' ' -f1 > "$TMP/big.md5"
+curl -s --unix-socket "$D_SOCK" 'http://x/v1/containers/web/archive?path=/tmp/big' > "$TMP/big.tar"
+expect_eq "copy a 3 MB file out (read in chunks), intact" "$(tar -xOf "$TMP/big.tar" big | md5sum | cut -d' ' -f1)" "$(cat "$TMP/big.md5")"
 out=$(post "/v1/containers/web/stop?timeout=1")
 expect_eq "stop" "$(body_of <<<"$out" | jq -r .state)" stopped
 check "the port is closed while stopped" bash -c "! curl -s -m 2 http://127.0.0.1:$PORT1/ >/dev/null"
