@@ -251,9 +251,11 @@ return {
     ok(r, "pull with a RAM scratch that fills up", msg)
     local done = evs("image.pull.done", from)
     eq(done[#done].scratch, "disk")
+    -- nothing left in the small tmpfs: at most the store's own (empty) directory, which
+    -- may not exist at all when the tmpfs was already out of inodes for it
     local tiny = fs.list(RAM_TINY) or {}
-    eq(#tiny, 1, "only the per-store directory is left in the small tmpfs")
-    eq(fs.list(RAM_TINY .. "/" .. tiny[1]), {}, "and it is empty")
+    ok(#tiny <= 1, "at most the per-store directory is left in the small tmpfs: " .. table.concat(tiny, " "))
+    if tiny[1] then eq(fs.list(RAM_TINY .. "/" .. tiny[1]), {}, "and it is empty") end
     local t, close = open_disk(r.disk)
     local good, err = pcall(function()
       ok(fs.exists(t .. "/bin/busybox") or fs.exists(t .. "/bin/sh"), "the tree is complete")
