@@ -102,9 +102,10 @@ expect_eq "copy in while stopped (a VM just for the files)" "$(api PUT '/v1/cont
 api GET '/v1/containers/web/archive?path=/www/new.txt' | body_of > "$TMP/out2.tar"
 expect_eq "copy out while stopped" "$(tar -xOf "$TMP/out2.tar" new.txt)" "copied in"
 # (a GET's answer ends before its VM is stopped and removed: give that a bounded moment)
-for _ in $(seq 1 100); do [ "$(qemu_of)" = 0 ] && break; sleep 0.2; done
+files_dirs() { ls -d "$D_RUN"/vms/*-files-* "$D_STATE"/vm/*-files-* 2>/dev/null | wc -l; }
+for _ in $(seq 1 100); do [ "$(qemu_of)" = 0 ] && [ "$(files_dirs)" = 0 ] && break; sleep 0.2; done
 expect_eq "the VM for the files is gone afterwards" "$(qemu_of)" 0
-check "... and its directories too" bash -c "! ls -d '$D_RUN'/vms/*-files-* 2>/dev/null | grep -q ."
+expect_eq "... and its directories too" "$(files_dirs)" 0
 expect_eq "the container is still stopped" "$(state web)" stopped
 out=$(post /v1/containers/web/start)
 expect_eq "start again" "$(body_of <<<"$out" | jq -r .state)" running
