@@ -6,12 +6,17 @@
  *   term.read([max])          ⏳ -> data | nil at end of input
  *   term.write(s), term.ewrite(s)                   blocking writes to stdout / stderr
  *   term.resized()            ⏳ -> rows, cols      the next window-size change (SIGWINCH)
+ *   term.signal()             ⏳ -> "SIGINT"|"SIGTERM"|"SIGHUP"|"SIGQUIT"   from the first
+ *                             call on, those signals no longer end the client: each one is
+ *                             handed to the waiting task (up to 8 are queued meanwhile)
  * stdin is never switched to O_NONBLOCK (that would leak into the user's shell): the loop
  * waits for readiness and then reads once.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/signalfd.h>
@@ -220,6 +225,88 @@ static int l_resized(lua_State *L)
 	return rt_wait_yield(L, TM.sig_wait, NULL, 0);
 }
 
+/* ---- term.signal: INT/TERM/HUP/QUIT delivered to a task (run's signal proxy) ---------- */
+
+static struct {
+	int fd[2]; /* self-pipe: the handler writes the signal number, the loop reads it */
+	mb_watch *w;
+	mb_wait *wait;
+	int queue[8];
+	int n;
+} SP = { .fd = { -1, -1 } };
+
+static const char *sig_name(int sig)
+{
+	switch (sig) {
+	case SIGINT:
+		return "SIGINT";
+	case SIGTERM:
+		return "SIGTERM";
+	case SIGHUP:
+		return "SIGHUP";
+	default:
+		return "SIGQUIT";
+	}
+}
+
+/* A handler rather than signalfd: the client's worker threads were started with these
+ * signals unblocked, and any of them may be the one that receives it. */
+static void proxy_handler(int sig)
+{
+	int saved = errno;
+	unsigned char b = (unsigned char)sig;
+	ssize_t r = write(SP.fd[1], &b, 1); /* full pipe: the signal is dropped */
+	(void)r;
+	errno = saved;
+}
+
+static void on_proxy_signal(int fd, uint32_t events, void *ud)
+{
+	unsigned char b;
+	while (read(fd, &b, 1) == 1) {
+		if (SP.wait) {
+			mb_wait *w = SP.wait;
+			SP.wait = NULL;
+			lua_pushstring(rt_wait_thread(w), sig_name(b));
+			rt_wait_done(w, 1);
+		} else if (SP.n < (int)(sizeof(SP.queue) / sizeof(SP.queue[0]))) {
+			SP.queue[SP.n++] = b;
+		}
+	}
+}
+
+static void proxy_cancel(void *ud)
+{
+	SP.wait = NULL;
+}
+
+static int l_signal(lua_State *L)
+{
+	if (SP.wait)
+		return luaL_error(L, "term.signal: another task is already waiting");
+	rt_wait_check(L);
+	if (SP.fd[0] < 0) {
+		mb_err err = { 0 };
+		if (pipe2(SP.fd, O_NONBLOCK | O_CLOEXEC) < 0 ||
+		    !(SP.w = loop_watch(SP.fd[0], EPOLLIN, on_proxy_signal, NULL, &err)))
+			return lua_failf(L, -EIO, "cannot watch signals");
+		/* also takes back SIGINT/SIGQUIT that a shell ignores for background jobs */
+		struct sigaction sa = { .sa_handler = proxy_handler, .sa_flags = SA_RESTART };
+		sigemptyset(&sa.sa_mask);
+		int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT };
+		for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+			sigaction(sigs[i], &sa, NULL);
+	}
+	if (SP.n > 0) {
+		int sig = SP.queue[0];
+		memmove(SP.queue, SP.queue + 1, (size_t)(--SP.n) * sizeof(SP.queue[0]));
+		lua_pushstring(L, sig_name(sig));
+		return 1;
+	}
+	SP.wait = rt_wait_begin(L, proxy_cancel, NULL);
+	return rt_wait_yield(L, SP.wait, NULL, 0);
+}
+
 /* Called by the client runtime before the loop goes away. */
 void term_fini(void);
 void term_fini(void)
@@ -232,12 +319,24 @@ void term_fini(void)
 	if (TM.sigfd >= 0)
 		close(TM.sigfd);
 	TM.sigfd = -1;
+	if (SP.w)
+		loop_unwatch(SP.w);
+	SP.w = NULL;
+	if (SP.fd[0] >= 0) {
+		/* the signals end the client again; then the pipe can go */
+		int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT };
+		for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+			signal(sigs[i], SIG_DFL);
+		close(SP.fd[0]);
+		close(SP.fd[1]);
+	}
+	SP.fd[0] = SP.fd[1] = -1;
 }
 
 static const luaL_Reg funcs[] = {
-	{ "isatty", l_isatty },   { "size", l_size },   { "raw", l_raw },
-	{ "read", l_read },       { "write", l_write }, { "ewrite", l_ewrite },
-	{ "resized", l_resized }, { NULL, NULL },
+	{ "isatty", l_isatty },   { "size", l_size },     { "raw", l_raw },
+	{ "read", l_read },       { "write", l_write },   { "ewrite", l_ewrite },
+	{ "resized", l_resized }, { "signal", l_signal }, { NULL, NULL },
 };
 
 int luaopen_mb_term(lua_State *L)

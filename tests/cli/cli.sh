@@ -213,6 +213,19 @@ rc_is "run --rm: the exit code survives the removal" 9
 mb run --rm "$IMG" nothere
 rc_is "run: command not found in the container" 127
 err_has "run: command not found: the reason" "not found"
+# signal proxy: SIGINT to the attached client reaches the container's process
+"$MB" -H "unix://$D_SOCK" run --rm --name sigs "$IMG" sh -c 'trap "echo got INT; exit 7" INT; echo ready; while :; do sleep 0.2; done' \
+  >"$TMP/sig.out" 2>"$TMP/sig.err" &
+sig_pid=$!
+for _ in $(seq 1 300); do grep -q ready "$TMP/sig.out" 2>/dev/null && break; sleep 0.2; done
+kill -INT "$sig_pid"
+for _ in $(seq 1 300); do kill -0 "$sig_pid" 2>/dev/null || break; sleep 0.2; done
+kill -0 "$sig_pid" 2>/dev/null && kill -9 "$sig_pid" # (bounded: the proxy did not work)
+RC=0; wait "$sig_pid" || RC=$?
+OUT=$(cat "$TMP/sig.out"); ERR=$(cat "$TMP/sig.err")
+rc_is "run: Ctrl-C goes to the container (--sig-proxy), its exit code comes back" 7
+out_has "run: the container's trap ran" "got INT"
+"$MB" -H "unix://$D_SOCK" rm -f sigs >/dev/null 2>&1 || true
 printf 'piped\ninput\n' >"$TMP/in.txt"
 mb_in "$TMP/in.txt" run -i --rm "$IMG" cat
 rc_is "run -i" 0

@@ -29,6 +29,7 @@ local FLAGS = {
   { nil, "cpus", "number", "Number of CPUs" },
   { "m", "memory", "string", "Memory limit (e.g. 512m, 1g)", meta = "bytes" },
   { nil, "rm", "bool", "Automatically remove the container when it exits" },
+  { nil, "sig-proxy", "bool", "Proxy received signals to the process (non-TTY mode only)", default = true },
   { nil, "entrypoint", "string", "Overwrite the default ENTRYPOINT of the image" },
   { "w", "workdir", "string", "Working directory inside the container" },
   { "u", "user", "string", "Username or UID (format: <name|uid>[:<group|gid>])" },
@@ -331,6 +332,23 @@ M.run = {
       return err.kind == "api" and M.start_failure_code(err.message) or 125
     end
 
+    -- like docker's --sig-proxy (on by default): Ctrl-C, SIGTERM, SIGHUP and SIGQUIT go to
+    -- the container's process instead of ending the client (with a tty they are keys)
+    local proxy
+    if o.sig_proxy and not o.tty then
+      proxy = task.spawn(function()
+        while true do
+          local sig = term.signal()
+          if not sig then return end
+          api:call("POST", path .. "/kill", { query = { signal = sig }, timeout = 30 })
+        end
+      end)
+    end
+    local function done(code)
+      if proxy then proxy:cancel() end
+      return code
+    end
+
     local session_code
     local printer = log_resp and task.spawn(logs.pump, log_resp)
     if o.interactive or o.tty then
@@ -342,7 +360,7 @@ M.run = {
           waiter:cancel()
           out.err("")
           out.err("read escape sequence")
-          return 0
+          return done(0)
         end
         if res.error then out.err(res.error) end
         session_code = res.exit_code
@@ -353,7 +371,7 @@ M.run = {
         waiter:cancel()
         if printer then printer:cancel() end
         out.err(errors.describe(werr))
-        return 1
+        return done(1)
       end
     end
     local good, res, werr = waiter:wait()
@@ -372,17 +390,17 @@ M.run = {
     if good and type(res) == "table" then
       if format.v(res.error) then out.err("moonbox: " .. tostring(res.error)) end
       local c = math.tointeger(format.v(res.exit_code))
-      if c then return c end
-      if format.v(res.signal) then return 128 + (math.tointeger(res.signal) or 0) end
-      return session_code or 0
+      if c then return done(c) end
+      if format.v(res.signal) then return done(128 + (math.tointeger(res.signal) or 0)) end
+      return done(session_code or 0)
     end
-    if session_code then return session_code end
+    if session_code then return done(session_code) end
     if o.rm then
       local c = exit_from_events(api, id, since)
-      if c then return c end
+      if c then return done(c) end
     end
     if good and werr then out.err(errors.describe(werr)) end
-    return 125
+    return done(125)
   end,
 }
 
