@@ -122,11 +122,12 @@ function M.read(id, opts)
   return out
 end
 
--- Follow: entries written after the call arrive in sub.queue; sub:next(timeout) waits.
-function M.subscribe(id)
+-- A subscriber registered in set[id]: what is pushed to sub.queue is taken with
+-- sub:next(timeout) (waits while empty); sub:close() unregisters it.
+local function new_sub(set, id)
   local sub = { queue = {}, cond = task.cond() }
-  S.subs[id] = S.subs[id] or {}
-  S.subs[id][sub] = true
+  set[id] = set[id] or {}
+  set[id][sub] = true
   function sub:next(timeout)
     if #self.queue == 0 then
       local ok_, _, code = self.cond:wait(timeout)
@@ -137,33 +138,23 @@ function M.subscribe(id)
     return q
   end
   function sub:close()
-    if S.subs[id] then S.subs[id][self] = nil end
+    if set[id] then set[id][self] = nil end
     self.cond:signal()
   end
   return sub
 end
 
+-- Follow: entries written after the call arrive in sub.queue; sub:next(timeout) waits.
+function M.subscribe(id)
+  return new_sub(S.subs, id)
+end
+
 -- Attach: raw output chunks {stream=, data=} written after the call, plus what is
 -- already there (the stored lines and the pending partial lines) for a replay.
 function M.raw_subscribe(id)
-  local sub = { queue = {}, cond = task.cond() }
-  S.raw[id] = S.raw[id] or {}
-  S.raw[id][sub] = true
+  local sub = new_sub(S.raw, id)
   local w = S.writers[id]
   sub.partial = w and { stdout = w.partial.stdout, stderr = w.partial.stderr } or {}
-  function sub:next(timeout)
-    if #self.queue == 0 then
-      local ok_, _, code = self.cond:wait(timeout)
-      if not ok_ then return nil, code end
-    end
-    local q = self.queue
-    self.queue = {}
-    return q
-  end
-  function sub:close()
-    if S.raw[id] then S.raw[id][self] = nil end
-    self.cond:signal()
-  end
   return sub
 end
 
