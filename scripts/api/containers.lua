@@ -121,13 +121,9 @@ api.route("POST", "/v1/containers/{id}/wait", function(req)
   if cond ~= "not-running" and cond ~= "next-exit" and cond ~= "removed" then
     api.error(400, "invalid", "condition: must be not-running, next-exit or removed", { field = "condition" })
   end
-  local timeout = number_param(req, "timeout", 0, 86400)
-  -- an auto-removed container may be gone already: runtime.wait still knows its status
-  if cond == "removed" and not containers.get(req.params.id) then
-    return check(runtime.wait(req.params.id, cond, timeout))
-  end
-  local c = find(req)
-  return check(runtime.wait(c.id, cond, timeout))
+  -- runtime.wait answers 404 for an unknown container, and for an auto-removed one that
+  -- is gone already still knows its last status
+  return check(runtime.wait(req.params.id, cond, number_param(req, "timeout", 0, 86400)))
 end)
 
 api.route("POST", "/v1/containers/{id}/exec", function(req)

@@ -240,24 +240,42 @@ local function vm_id_for(c)
   return "c" .. containers.short(c.id) .. "-" .. c.runtime.run
 end
 
--- Network, volumes and disks for the VM; returns the vm.create spec.
-local function build_vm(c, img, undo)
-  local cfg, rt = c.config, c.runtime
-  local vmspec = {
-    id = vm_id_for(c), name = vm_id_for(c),
+-- The vm.create spec of a VM with the container's file system: the image's disk, the
+-- writable layer, volumes and binds (no NIC yet).
+local function storage_spec(c, img, id)
+  local cfg = c.config
+  local spec = {
+    id = id, name = id,
     -- the container gets the memory it asked for (its cgroup limit); the VM has 64 MiB
     -- more for the guest kernel and the agent
     vcpus = cfg.cpus, memory_mib = cfg.memory // MIB + 64,
     disks = { { path = img.disk, readonly = true, serial = "lower" },
-              { path = rt.upper, readonly = false, serial = "upper" } },
+              { path = c.runtime.upper, readonly = false, serial = "upper" } },
     shares = {}, nics = {}, mounts = {},
     hostname = cfg.hostname or containers.short(c.id),
     root = { type = "overlay", lower = "lower", upper = "upper" },
     labels = { container = c.id, name = c.name },
   }
-  for _, d in ipairs(cfg.vm_disks or {}) do vmspec.disks[#vmspec.disks + 1] = d end
-  for _, sh in ipairs(cfg.vm_shares or {}) do vmspec.shares[#vmspec.shares + 1] = sh end
-  for _, m in ipairs(cfg.vm_mounts or {}) do vmspec.mounts[#vmspec.mounts + 1] = m end
+  for _, d in ipairs(cfg.vm_disks or {}) do spec.disks[#spec.disks + 1] = d end
+  for _, sh in ipairs(cfg.vm_shares or {}) do spec.shares[#spec.shares + 1] = sh end
+  for _, m in ipairs(cfg.vm_mounts or {}) do spec.mounts[#spec.mounts + 1] = m end
+  return spec
+end
+
+-- Stop a VM (gracefully, so its disks are synced; killed if that fails) and remove it.
+local function dispose_vm(vmid)
+  local v = vm.get(vmid)
+  if v and (v.state == "running" or v.state == "paused" or v.state == "starting") then
+    local ok_ = vm.stop(vmid, { timeout = 5 })
+    if not ok_ then vm.kill(vmid) end
+  end
+  vm.remove(vmid, { force = true })
+end
+
+-- Network, volumes and disks for the VM; returns the vm.create spec.
+local function build_vm(c, img, undo)
+  local cfg, rt = c.config, c.runtime
+  local vmspec = storage_spec(c, img, vm_id_for(c))
   if not rawget(_G, "net") then
     return nil, "the net plugin is not loaded", "unsupported"
   end
@@ -308,14 +326,7 @@ local function teardown(c, how)
     if name ~= how then h:cancel() end
     l.tasks[name] = nil
   end
-  if rt.vm_id and rawget(_G, "vm") then
-    local v = vm.get(rt.vm_id)
-    if v and (v.state == "running" or v.state == "paused" or v.state == "starting") then
-      local ok_ = vm.stop(rt.vm_id, { timeout = 5 })
-      if not ok_ then vm.kill(rt.vm_id) end
-    end
-    vm.remove(rt.vm_id, { force = true })
-  end
+  if rt.vm_id and rawget(_G, "vm") then dispose_vm(rt.vm_id) end
   rt.vm_id = nil
   if rawget(_G, "net") and rt.network then
     net.detach(c.id) -- also unpublishes its ports
@@ -793,7 +804,8 @@ function M.wait(ref, condition, timeout)
   local c, err, code = containers.get(ref)
   if not c then
     -- removed already (auto-remove is quick): its last status is still known for a while
-    if condition == "removed" and containers.gone(ref) then return containers.gone(ref) end
+    local gone = condition == "removed" and containers.gone(ref)
+    if gone then return gone end
     return nil, err, code
   end
   local id = c.id
@@ -900,20 +912,11 @@ function M.with_files(ref, fn)
     if not FILES_STATES[c.state] then return not_allowed(c, "copy files of") end
     local img, ierr, icode = registry.inspect(c.image_id)
     if not img then return nil, "the image is gone: " .. tostring(ierr), icode end
-    local cfg = c.config
     local id = "c" .. containers.short(c.id) .. "-files-" .. moonbox.random(3)
-    local spec = {
-      id = id, name = id, vcpus = 1, memory_mib = 128,
-      disks = { { path = img.disk, readonly = true, serial = "lower" },
-                { path = c.runtime.upper, readonly = false, serial = "upper" } },
-      shares = {}, mounts = {}, nics = { { type = "user", restrict = true } },
-      hostname = cfg.hostname or containers.short(c.id),
-      root = { type = "overlay", lower = "lower", upper = "upper" },
-      labels = { container = c.id, name = c.name, purpose = "files" },
-    }
-    for _, d in ipairs(cfg.vm_disks or {}) do spec.disks[#spec.disks + 1] = d end
-    for _, sh in ipairs(cfg.vm_shares or {}) do spec.shares[#spec.shares + 1] = sh end
-    for _, m in ipairs(cfg.vm_mounts or {}) do spec.mounts[#spec.mounts + 1] = m end
+    local spec = storage_spec(c, img, id)
+    spec.vcpus, spec.memory_mib = 1, 128
+    spec.nics = { { type = "user", restrict = true } }
+    spec.labels.purpose = "files"
     local v, verr, vcode = vm.create(spec)
     if not v then return nil, "cannot create a VM for the container's files: " .. tostring(verr), vcode end
     local res
@@ -921,11 +924,7 @@ function M.with_files(ref, fn)
     if v then
       res = table.pack(pcall(fn, id, c))
     end
-    local st = vm.get(id)
-    if st and (st.state == "running" or st.state == "paused") then
-      if not vm.stop(id, { timeout = 5 }) then vm.kill(id) end
-    end
-    vm.remove(id, { force = true })
+    dispose_vm(id)
     if not v then return nil, "the VM for the container's files did not start: " .. tostring(verr), vcode end
     if not res[1] then error(res[2], 0) end
     return table.unpack(res, 2, res.n)
