@@ -235,6 +235,8 @@ static struct {
 	int n;
 } SP = { .fd = { -1, -1 } };
 
+static const int proxied[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT };
+
 static const char *sig_name(int sig)
 {
 	switch (sig) {
@@ -293,9 +295,8 @@ static int l_signal(lua_State *L)
 		/* also takes back SIGINT/SIGQUIT that a shell ignores for background jobs */
 		struct sigaction sa = { .sa_handler = proxy_handler, .sa_flags = SA_RESTART };
 		sigemptyset(&sa.sa_mask);
-		int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT };
-		for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
-			sigaction(sigs[i], &sa, NULL);
+		for (size_t i = 0; i < sizeof(proxied) / sizeof(proxied[0]); i++)
+			sigaction(proxied[i], &sa, NULL);
 	}
 	if (SP.n > 0) {
 		int sig = SP.queue[0];
@@ -324,9 +325,8 @@ void term_fini(void)
 	SP.w = NULL;
 	if (SP.fd[0] >= 0) {
 		/* the signals end the client again; then the pipe can go */
-		int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT };
-		for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
-			signal(sigs[i], SIG_DFL);
+		for (size_t i = 0; i < sizeof(proxied) / sizeof(proxied[0]); i++)
+			signal(proxied[i], SIG_DFL);
 		close(SP.fd[0]);
 		close(SP.fd[1]);
 	}

@@ -748,10 +748,10 @@ json_t *vm_spec_normalize(const json_t *spec, const char **field, mb_err *err)
 			FAIL("run", "must be a process description (an object)");
 		mb_err pe = { 0 };
 		json_t *in = json_copy((json_t *)v); /* ours: the id defaults to "main" */
-		if (in && !json_object_get(in, "id"))
-			json_object_set_new(in, "id", json_string("main"));
 		if (!in)
 			FAIL("run", "out of memory");
+		if (!json_object_get(in, "id"))
+			json_object_set_new(in, "id", json_string("main"));
 		json_t *run = vm_proc_normalize(in, true, &pe);
 		json_decref(in);
 		if (!run)
