@@ -14,7 +14,7 @@ cleanup() {
   # a test may define on_cleanup (stop its fixtures, remove its networks) before ours
   if declare -F on_cleanup >/dev/null; then on_cleanup || true; fi
   for p in "${PIDS[@]:-}"; do
-    [ -n "$p" ] && kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true
+    [ -n "$p" ] && stop_pid "$p" 30 >&2 || true
   done
   # VMs outlive their daemon by design (live restore): stop the ones the daemons started
   # here (their pid files are under $TMP; the command line must name that pid file, so a
@@ -63,12 +63,45 @@ start_daemon() {
   D_TOKEN=$(cat "$D_STATE/token")
 }
 
-stop_daemon() {
-  kill -TERM "$D_PID"
-  local rc=0
-  wait "$D_PID" || rc=$?
+# alive PID: the process exists and is not a zombie waiting to be reaped
+alive() {
+  local st
+  st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+  [ -n "$st" ] && [ "$st" != Z ]
+}
+
+# stop_pid PID SECONDS: SIGTERM, then wait for it; one that is still there after SECONDS
+# is a hang: its threads' stacks are printed (so a CI log says where it hung), it is killed
+# with SIGKILL and the return is 124. Otherwise returns the process's exit status.
+stop_pid() {
+  local pid=$1 secs=$2 i rc=0
+  # only our own children: a PID that was reaped already may belong to someone else now
+  [ "$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f2)" = "$$" ] || {
+    wait "$pid" 2>/dev/null || rc=$?
+    return $rc
+  }
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < secs * 10; i++)); do
+    alive "$pid" || break
+    sleep 0.1
+  done
+  if alive "$pid"; then
+    echo "# pid $pid ($(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-80)) did not stop within ${secs}s of SIGTERM"
+    if command -v gdb >/dev/null; then
+      # (nng's own worker threads only ever wait for work: left out)
+      timeout 60 gdb -p "$pid" -batch -ex "thread apply all bt 12" 2>/dev/null | grep -E '^(#|Thread)' |
+        awk '/^Thread/ { skip = /"nng:/ } !skip' | head -150 | sed 's/^/#   /' || true
+    fi
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    return 124
+  fi
+  wait "$pid" 2>/dev/null || rc=$?
   return $rc
 }
+
+# stop_daemon: SIGTERM and its exit status (124 if it hung: see stop_pid)
+stop_daemon() { stop_pid "$D_PID" "${STOP_WAIT:-90}"; }
 
 # api METHOD PATH [curl args...]: over the unix socket; prints body, then the status on
 # the last line

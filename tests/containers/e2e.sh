@@ -24,7 +24,7 @@ on_cleanup() {
       [ -f "$D_RUN/vms/$p/qemu.pid" ] && kill -9 "$(cat "$D_RUN/vms/$p/qemu.pid")" 2>/dev/null || true
     done
     printf 'return { t = function() net.teardown { force = true } end }\n' > "$TMP/teardown_test.lua"
-    "$MB" test --state-dir "$D_STATE" "$TMP/teardown_test.lua" >/dev/null 2>&1 || true
+    timeout -k 5 120 "$MB" test --state-dir "$D_STATE" "$TMP/teardown_test.lua" >/dev/null 2>&1 || true
   fi
 }
 

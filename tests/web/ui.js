@@ -13,13 +13,21 @@ function ok(cond, what) {
   if (!cond) throw new Error("failed: " + what);
 }
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+// Say each step before doing it, so that a run that stops somewhere says where.
+const step = (what) => console.log(`# ${new Date().toISOString().slice(11, 23)} ${what}`);
+// Nothing below may wait for ever: puppeteer's waits have timeouts, fetch gets one here,
+// and the whole run gets a watchdog (ui.sh also runs node under timeout(1)).
+setTimeout(() => { console.log("# watchdog: the run took over 10 minutes"); process.exit(1); }, 600000).unref();
 
 (async () => {
+  step("launching chromium");
   const browser = await puppeteer.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true, args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"] });
+    headless: true, protocolTimeout: 240000, timeout: 60000, args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"] });
   const errors = [];
+  let page;
   try {
-    const page = await browser.newPage();
+    page = await browser.newPage();
+    page.setDefaultTimeout(30000);
     await page.setViewport({ width: 1200, height: 900 });
     page.on("pageerror", (e) => errors.push(e.message));
     page.on("dialog", (d) => d.accept());
@@ -27,6 +35,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
     const text = () => page.evaluate(() => document.body.innerText);
 
     // connect with the token through the login form
+    step("the login page");
     await page.goto(base);
     await page.waitForSelector("#token", { visible: true });
     await page.type("#token", token);
@@ -35,6 +44,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
     ok(true, "the token form leads to the containers page");
 
     // run a container from the form
+    step("running a container from the form");
     await page.type("input[name=image]", image);
     await page.type("input[name=name]", "webui");
     await page.type("input[name=ports]", `${hostPort}:80`);
@@ -45,11 +55,16 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
     ok((await text()).includes(`${hostPort}->80/tcp`), "the list shows its published port");
 
     // a request through the published port, then the container's page
+    step("a request through the published port");
     let body = "";
-    for (let i = 0; i < 50 && !body.includes("hello from moonbox"); i++) {
-      try { body = await (await fetch(`http://127.0.0.1:${hostPort}/`)).text(); } catch (e) { await sleep(200); }
+    for (const until = Date.now() + 60000; Date.now() < until && !body.includes("hello from moonbox");) {
+      try {
+        body = await (await fetch(`http://127.0.0.1:${hostPort}/`, { signal: AbortSignal.timeout(5000) })).text();
+      } catch (e) { step(`the published port: ${e.message}`); }
+      if (!body.includes("hello from moonbox")) await sleep(200);
     }
     ok(body.includes("hello from moonbox"), "the published port serves the page");
+    step("the container's page");
     await page.click("tbody a[href^='#container/']");
     await page.waitForFunction(() => document.body.innerText.includes("response:200"), { timeout: 30000 });
     ok(true, "the container's page follows its logs (the request is there)");
@@ -57,6 +72,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
     ok((await text()).includes("memory"), "live stats with charts");
 
     // a shell through the exec WebSocket
+    step("a shell");
     await page.click("xpath/.//button[text()='Open a shell']");
     await page.waitForSelector("input[placeholder^=command]:not([disabled])", { timeout: 30000 });
     await page.type("input[placeholder^=command]", "echo shell-$((40+2)) $HOSTNAME\n");
@@ -68,6 +84,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
     await page.screenshot({ path: `${shots}/container.png`, fullPage: true });
 
     // stop, then remove, with the buttons
+    step("stop and remove");
     await page.click("xpath/.//button[text()='stop']");
     await page.waitForFunction(() => document.body.innerText.includes("Exited"), { timeout: 60000 });
     ok(true, "stop: the page shows it exited");
@@ -77,11 +94,23 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
     ok(true, "remove: back to an empty list");
 
     // the images page
+    step("the images page");
     await page.goto(base + "#images");
     await page.waitForFunction((img) => document.body.innerText.includes(img), { timeout: 15000 }, image);
     ok(true, "the images page lists the pulled image");
     ok(errors.length === 0, "no script errors in the page " + JSON.stringify(errors));
+  } catch (e) {
+    // what the page showed when it went wrong, for a log read after the fact
+    const shown = await Promise.race([page ? page.evaluate(() => document.body.innerText) : "",
+      sleep(10000).then(() => "(the page did not answer)")]).catch((x) => `(${x.message})`);
+    console.log("# the page showed: " + JSON.stringify(String(shown).slice(0, 1500)));
+    if (errors.length) console.log("# script errors in the page: " + JSON.stringify(errors));
+    throw e;
   } finally {
-    await browser.close();
+    step("closing chromium");
+    // a browser that does not close in 15 s is killed
+    const proc = browser.process();
+    await Promise.race([browser.close(), sleep(15000)]).catch(() => {});
+    if (proc && proc.exitCode === null) proc.kill("SIGKILL");
   }
 })().catch((e) => { console.log("# " + e.message); process.exit(1); });

@@ -28,7 +28,7 @@ on_cleanup() {
       [ -f "$D_RUN/vms/$p/qemu.pid" ] && kill -9 "$(cat "$D_RUN/vms/$p/qemu.pid")" 2>/dev/null || true
     done
     printf 'return { t = function() net.teardown { force = true } end }\n' > "$TMP/teardown_test.lua"
-    "$MB" test --state-dir "$D_STATE" "$TMP/teardown_test.lua" >/dev/null 2>&1 || true
+    timeout -k 5 120 "$MB" test --state-dir "$D_STATE" "$TMP/teardown_test.lua" >/dev/null 2>&1 || true
   fi
 }
 
@@ -39,12 +39,24 @@ start_daemon web --log-level info
 HOST_PORT=$(free_port)
 mkdir -p "$TMP/shots"
 # chromium keeps its profile under HOME: give it the test's temp dir
-HOME=$TMP NODE_PATH="$MODULES/node_modules" node "$HERE/ui.js" "$D_PORT" "$D_TOKEN" \
-  "$REG_web/test/httpd" "$HOST_PORT" "$TMP/shots" | sed 's/^/    /'
-if [ "${PIPESTATUS[0]}" -eq 0 ]; then
+# (ui.js bounds every wait and has its own watchdog; timeout(1) is the last resort; sed -u
+# so that its lines are seen even if ctest stops the test)
+rc=0
+HOME=$TMP NODE_PATH="$MODULES/node_modules" timeout -k 10 660 node "$HERE/ui.js" "$D_PORT" "$D_TOKEN" \
+  "$REG_web/test/httpd" "$HOST_PORT" "$TMP/shots" 2>&1 | sed -u 's/^/    /' || rc=$?
+if [ "$rc" -eq 0 ]; then
   pass "the web UI drives a container's whole life"
 else
   fail "the web UI (see the lines above)"
+  echo "# the daemon's last log lines:"
+  tail -n 40 "$D_LOG" | sed 's/^/#   /'
 fi
-expect_eq "nothing is left running" "$(api GET '/v1/containers?all=1' | body_of | jq length)" 0
+left=$(api GET '/v1/containers?all=1' --max-time 30 | body_of | jq length) || left="(the daemon did not answer)"
+if [ "$left" != 0 ]; then
+  # what the UI left behind goes, so the daemon stops quickly and cleanly
+  for id in $(api GET '/v1/containers?all=1' --max-time 30 | body_of | jq -r '.[].id'); do
+    api DELETE "/v1/containers/$id?force=1" --max-time 60 >/dev/null || true
+  done
+fi
+expect_eq "nothing is left running" "$left" 0
 finish
