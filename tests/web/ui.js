@@ -17,7 +17,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const step = (what) => console.log(`# ${new Date().toISOString().slice(11, 23)} ${what}`);
 // Nothing below may wait for ever: puppeteer's waits have timeouts, fetch gets one here,
 // and the whole run gets a watchdog (ui.sh also runs node under timeout(1)).
-setTimeout(() => { console.log("# watchdog: the run took over 10 minutes"); process.exit(1); }, 600000).unref();
+setTimeout(() => { console.log("# watchdog: the run took over 7 minutes"); process.exit(1); }, 420000).unref();
 
 (async () => {
   step("launching chromium");

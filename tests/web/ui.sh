@@ -28,7 +28,7 @@ on_cleanup() {
       [ -f "$D_RUN/vms/$p/qemu.pid" ] && kill -9 "$(cat "$D_RUN/vms/$p/qemu.pid")" 2>/dev/null || true
     done
     printf 'return { t = function() net.teardown { force = true } end }\n' > "$TMP/teardown_test.lua"
-    timeout -k 5 120 "$MB" test --state-dir "$D_STATE" "$TMP/teardown_test.lua" >/dev/null 2>&1 || true
+    timeout -k 5 60 "$MB" test --state-dir "$D_STATE" "$TMP/teardown_test.lua" >/dev/null 2>&1 || true
   fi
 }
 
@@ -42,7 +42,7 @@ mkdir -p "$TMP/shots"
 # (ui.js bounds every wait and has its own watchdog; timeout(1) is the last resort; sed -u
 # so that its lines are seen even if ctest stops the test)
 rc=0
-HOME=$TMP NODE_PATH="$MODULES/node_modules" timeout -k 10 660 node "$HERE/ui.js" "$D_PORT" "$D_TOKEN" \
+HOME=$TMP NODE_PATH="$MODULES/node_modules" timeout -k 10 450 node "$HERE/ui.js" "$D_PORT" "$D_TOKEN" \
   "$REG_web/test/httpd" "$HOST_PORT" "$TMP/shots" 2>&1 | sed -u 's/^/    /' || rc=$?
 if [ "$rc" -eq 0 ]; then
   pass "the web UI drives a container's whole life"
