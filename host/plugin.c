@@ -179,6 +179,7 @@ static const struct mb_host host_api = {
 	.emit = host_emit,
 	.hold = host_hold,
 	.wait_check = rt_wait_check,
+	.errcode = mb_errcode,
 };
 
 const struct mb_host *plugin_host_api(void)

@@ -176,6 +176,10 @@ static const struct {
 	{ EALREADY, "conflict" },
 	{ EADDRINUSE, "conflict" },
 	{ ENOEXEC, "invalid" },
+	{ ENOTCONN, "unreachable" },
+	{ ENOTTY, "invalid" },
+	{ ERANGE, "invalid" },
+	{ ESHUTDOWN, "closed" },
 };
 
 const char *mb_errcode(int code)

@@ -42,8 +42,8 @@ static int vm_init(const struct mb_host *host, mb_plugin *self, mb_err *err)
 	G.gen = gen;
 	G.host = host;
 	G.self = self;
-	if (!MB_HOST_HAS(host, wait_check))
-		return mb_err_set(err, -ENOTSUP, "vm: the host lacks wait_check (too old)");
+	if (!MB_HOST_HAS(host, wait_check) || !MB_HOST_HAS(host, errcode))
+		return mb_err_set(err, -ENOTSUP, "vm: the host lacks wait_check/errcode (too old)");
 	const char *state = host->config("state_dir");
 	const char *run = host->config("run_dir");
 	const char *guest = host->config("guest_dir");

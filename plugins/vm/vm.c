@@ -188,43 +188,10 @@ static json_t *ev_data(const struct vm *v)
 
 /* ---- waiters -------------------------------------------------------------------------------- */
 
-static const struct {
-	int err;
-	const char *code;
-} codes[] = {
-	{ ENOENT, "not_found" },
-	{ EEXIST, "conflict" },
-	{ EBUSY, "conflict" },
-	{ EINVAL, "invalid" },
-	{ ETIMEDOUT, "timeout" },
-	{ EACCES, "denied" },
-	{ EPERM, "denied" },
-	{ ENOSPC, "no_space" },
-	{ ECONNREFUSED, "unreachable" },
-	{ EHOSTUNREACH, "unreachable" },
-	{ ENOTCONN, "unreachable" },
-	{ ECANCELED, "cancelled" },
-	{ EPIPE, "closed" },
-	{ ECONNRESET, "closed" },
-	{ ENOTSUP, "unsupported" },
-	{ E2BIG, "too_large" },
-	{ EMSGSIZE, "too_large" },
-	{ EAGAIN, "busy" },
-	{ ESRCH, "not_found" },
-	{ EALREADY, "conflict" },
-	{ EADDRINUSE, "conflict" },
-	{ ENOTTY, "invalid" },
-	{ ERANGE, "invalid" },
-	{ ESHUTDOWN, "closed" },
-};
-
+/* The host's table (one list of errno -> code strings for the whole daemon). */
 const char *vm_code_name(int code)
 {
-	int e = code < 0 ? -code : code;
-	for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
-		if (codes[i].err == e)
-			return codes[i].code;
-	return "io";
+	return G.host->errcode(code);
 }
 
 static struct lwait *waiter_add(struct vm *v, struct lwait *lw, enum lw_kind kind)

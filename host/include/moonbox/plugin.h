@@ -55,7 +55,7 @@ extern "C" {
 #endif
 
 #define MB_ABI_MAJOR 1
-#define MB_ABI_MINOR 0
+#define MB_ABI_MINOR 1 /* 1: wait_check, errcode */
 
 /* Error out-parameter. code is 0 or a negative errno; msg is NUL-terminated. */
 typedef struct mb_err {
@@ -193,6 +193,11 @@ struct mb_host {
 	/* Raise (luaL_error) unless the running code may wait now. Call it before allocating
 	 * per-wait state, so a refused wait leaks nothing; wait_begin checks again. */
 	void (*wait_check)(lua_State *L);
+	/* The error code string of a negative (or positive) errno: "not_found", "conflict",
+	 * "invalid", ... ("io" for the rest): the one table lua_fail() and the HTTP layer use,
+	 * so that a plugin pushing its own `nil, msg, code` agrees with the host. Static
+	 * string; never free it. */
+	const char *(*errcode)(int code);
 };
 
 /* True when the host provides `field` (it may be older than the plugin's headers). */
