@@ -16,9 +16,16 @@ cleanup() {
   for p in "${PIDS[@]:-}"; do
     [ -n "$p" ] && stop_pid "$p" 30 >&2 || true
   done
-  # VMs outlive their daemon by design (live restore): stop the ones the daemons started
-  # here (their pid files are under $TMP; the command line must name that pid file, so a
-  # reused PID is never hit)
+  kill_test_vms
+  if [ "${KEEP_TMP:-0}" != 1 ]; then rm -rf -- "$TMP"; else echo "kept $TMP"; fi
+  exit $rc
+}
+trap cleanup EXIT
+
+# VMs outlive their daemon by design (live restore): stop the ones the daemons started
+# here (their pid files are under $TMP; the command line must name that pid file, so a
+# reused PID is never hit)
+kill_test_vms() {
   local f q
   for f in "$TMP"/*/run/vms/*/qemu.pid; do
     [ -f "$f" ] || continue
@@ -27,10 +34,17 @@ cleanup() {
       kill -9 "$q" 2>/dev/null || true
     fi
   done
-  if [ "${KEEP_TMP:-0}" != 1 ]; then rm -rf -- "$TMP"; else echo "kept $TMP"; fi
-  exit $rc
 }
-trap cleanup EXIT
+
+# remove_daemon_networks: for a test's on_cleanup: the VMs of the daemon started here,
+# then every network, tap and nftables rule it made (networks outlive the daemon by
+# design too). Bounded in time, never fails.
+remove_daemon_networks() {
+  [ -n "${D_STATE:-}" ] && [ -d "$D_STATE" ] || return 0
+  kill_test_vms
+  printf 'return { t = function() net.teardown { force = true } end }\n' >"$TMP/teardown_test.lua"
+  timeout -k 5 60 "$MB" test --state-dir "$D_STATE" "$TMP/teardown_test.lua" >/dev/null 2>&1 || true
+}
 
 pass() { CHECKS=$((CHECKS + 1)); echo "ok $CHECKS - $*"; }
 fail() { CHECKS=$((CHECKS + 1)); FAILED=$((FAILED + 1)); echo "not ok $CHECKS - $*"; }

@@ -26,21 +26,14 @@
 
 -- The module is looked up per call, so these routes load (and answer 503) without the
 -- plugin, and work once it is loaded at runtime.
-local function reg()
-  local r = rawget(_G, "registry")
-  if type(r) ~= "table" then
-    api.error(503, "unavailable", "the registry plugin is not loaded")
-  end
-  return r
-end
+local apiutil = require("apiutil")
+local function reg() return apiutil.plugin("registry") end
 
 local function fail(msg, code)
   api.fail(msg or "unknown error", code or "internal")
 end
 
-local function bad(field, msg)
-  api.error(400, "invalid", field .. ": " .. msg, { field = field })
-end
+local bad = apiutil.bad
 
 local function flag(v)
   return v == "1" or v == "true" or v == "yes"
@@ -80,10 +73,7 @@ end
 
 api.route("POST", "/v1/images/pull", function(req)
   local registry = reg()
-  local body = req:json()
-  if type(body) ~= "table" or json.is_array(body) then
-    api.error(400, "invalid", "the body must be a JSON object")
-  end
+  local body = apiutil.object_body(req)
   if type(body.reference) ~= "string" or body.reference == "" then
     bad("reference", "a non-empty string is required")
   end
@@ -200,10 +190,7 @@ end)
 
 api.route("POST", "/v1/registries/login", function(req)
   local registry = reg()
-  local body = req:json()
-  if type(body) ~= "table" or json.is_array(body) then
-    api.error(400, "invalid", "the body must be a JSON object")
-  end
+  local body = apiutil.object_body(req)
   for _, field in ipairs({ "registry", "username", "password" }) do
     if type(body[field]) ~= "string" or body[field] == "" then
       bad(field, "a non-empty string is required")

@@ -7,39 +7,21 @@
 --   GET    /v1/networks/{name}     -> network with its endpoints
 --   DELETE /v1/networks/{name}     -> 204; 409 while endpoints are attached
 --   GET    /v1/networks/{name}/ports -> published ports of the endpoints on that network
-local net = package.loaded.net
+local apiutil = require("apiutil")
 
 local FIELDS = { name = true, subnet = true, gateway = true, internal = true, mtu = true, labels = true }
-
 -- "field: message" from the plugin becomes {"error": {..., "field": "field"}}
-local function fail(msg, code)
-  local field = type(msg) == "string" and msg:match("^(%w+):") or nil
-  api.error(api.status_for(code or "invalid"), code or "invalid", msg or "unknown error",
-            field and FIELDS[field] and { field = field } or nil)
-end
-
-local function need_net()
-  if not net then
-    api.error(501, "unsupported", "the net plugin is not loaded")
-  end
-end
+local fail = apiutil.failer(FIELDS)
+local function need_net() return apiutil.plugin("net") end
 
 api.route("GET", "/v1/networks", function()
-  need_net()
+  local net = need_net()
   return 200, net.networks()
 end)
 
 api.route("POST", "/v1/networks", function(req)
-  need_net()
-  local body = req:json()
-  if type(body) ~= "table" or json.is_array(body) then
-    api.error(400, "invalid", "a JSON object is required")
-  end
-  for k in pairs(body) do
-    if not FIELDS[k] then
-      api.error(400, "invalid", "unknown field " .. tostring(k), { field = tostring(k) })
-    end
-  end
+  local net = need_net()
+  local body = apiutil.object_body(req, FIELDS)
   if body.internal == json.null then body.internal = nil end
   local n, msg, code = net.create_network(body)
   if not n then
@@ -49,7 +31,7 @@ api.route("POST", "/v1/networks", function(req)
 end)
 
 api.route("GET", "/v1/networks/{name}", function(req)
-  need_net()
+  local net = need_net()
   local n, msg, code = net.inspect(req.params.name)
   if not n then
     fail(msg, code)
@@ -58,7 +40,7 @@ api.route("GET", "/v1/networks/{name}", function(req)
 end)
 
 api.route("DELETE", "/v1/networks/{name}", function(req)
-  need_net()
+  local net = need_net()
   local ok, msg, code = net.remove_network(req.params.name)
   if not ok then
     fail(msg, code)
@@ -67,7 +49,7 @@ api.route("DELETE", "/v1/networks/{name}", function(req)
 end)
 
 api.route("GET", "/v1/networks/{name}/ports", function(req)
-  need_net()
+  local net = need_net()
   local n, msg, code = net.inspect(req.params.name)
   if not n then
     fail(msg, code)

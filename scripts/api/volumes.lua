@@ -7,40 +7,22 @@
 --   GET    /v1/volumes/{name}      -> volume
 --   DELETE /v1/volumes/{name}      -> 204; 409 while attached to a container
 --   POST   /v1/volumes/prune       -> {"removed": [names]} (unattached anonymous volumes)
-local volume = package.loaded.volume
+local apiutil = require("apiutil")
 
 local FIELDS = { name = true, size = true, labels = true }
-
-local function fail(msg, code)
-  local field = type(msg) == "string" and msg:match("^(%w+):") or nil
-  api.error(api.status_for(code or "invalid"), code or "invalid", msg or "unknown error",
-            field and FIELDS[field] and { field = field } or nil)
-end
-
-local function need_volume()
-  if not volume then
-    api.error(501, "unsupported", "the volume plugin is not loaded")
-  end
-end
+local fail = apiutil.failer(FIELDS)
+local function need_volume() return apiutil.plugin("volume") end
 
 api.route("GET", "/v1/volumes", function()
-  need_volume()
+  local volume = need_volume()
   return 200, volume.list()
 end)
 
 api.route("POST", "/v1/volumes", function(req)
-  need_volume()
-  local body = req:json()
-  if type(body) ~= "table" or json.is_array(body) then
-    api.error(400, "invalid", "a JSON object is required")
-  end
-  for k in pairs(body) do
-    if not FIELDS[k] then
-      api.error(400, "invalid", "unknown field " .. tostring(k), { field = tostring(k) })
-    end
-  end
+  local volume = need_volume()
+  local body = apiutil.object_body(req, FIELDS)
   if body.name ~= nil and type(body.name) ~= "string" then
-    api.error(400, "invalid", "name: must be a string", { field = "name" })
+    apiutil.bad("name", "must be a string")
   end
   local v, msg, code = volume.create(body)
   if not v then
@@ -50,12 +32,12 @@ api.route("POST", "/v1/volumes", function(req)
 end)
 
 api.route("POST", "/v1/volumes/prune", function()
-  need_volume()
+  local volume = need_volume()
   return 200, { removed = volume.prune() }
 end)
 
 api.route("GET", "/v1/volumes/{name}", function(req)
-  need_volume()
+  local volume = need_volume()
   local v, msg, code = volume.inspect(req.params.name)
   if not v then
     fail(msg, code)
@@ -64,7 +46,7 @@ api.route("GET", "/v1/volumes/{name}", function(req)
 end)
 
 api.route("DELETE", "/v1/volumes/{name}", function(req)
-  need_volume()
+  local volume = need_volume()
   local ok, msg, code = volume.remove(req.params.name)
   if not ok then
     fail(msg, code)

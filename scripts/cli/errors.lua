@@ -31,6 +31,27 @@ function M.exit(code, msg)
   error(new { kind = "exit", exit = code, message = msg }, 0)
 end
 
+-- For the commands that take several objects (rm, inspect, stop, ...), the docker way:
+-- fn(name) -> result | nil, err for every name in turn; a failure is reported on stderr
+-- and the others still go, but an unreachable daemon ends it at once.
+-- -> the results of the successes in order and 0, or 1 if any failed; nil, 1 when the
+-- daemon could not be reached.
+function M.each(names, fn)
+  local out = require("cli.out")
+  local results, failed = {}, 0
+  for _, name in ipairs(names) do
+    local res, err = fn(name)
+    if not res then
+      failed = failed + 1
+      out.err(M.describe(err))
+      if err.kind == "connect" then return nil, 1 end
+    else
+      results[#results + 1] = res
+    end
+  end
+  return results, failed > 0 and 1 or 0
+end
+
 -- The text a user sees for an API/connection error (docker's wording where it has one).
 function M.describe(e)
   if e.kind == "connect" then

@@ -23,13 +23,7 @@ export MOONBOX_NET_POOL=10.247.0.0/16
 
 on_cleanup() {
   fixture_cleanup
-  if [ -n "${D_STATE:-}" ] && [ -d "$D_STATE" ]; then
-    for p in $(ls "$D_RUN/vms" 2>/dev/null); do
-      [ -f "$D_RUN/vms/$p/qemu.pid" ] && kill -9 "$(cat "$D_RUN/vms/$p/qemu.pid")" 2>/dev/null || true
-    done
-    printf 'return { t = function() net.teardown { force = true } end }\n' > "$TMP/teardown_test.lua"
-    timeout -k 5 60 "$MB" test --state-dir "$D_STATE" "$TMP/teardown_test.lua" >/dev/null 2>&1 || true
-  fi
+  remove_daemon_networks
 }
 
 fixture_init

@@ -191,22 +191,18 @@ M.rmi = {
   flags = { { "f", "force", "bool", "Force removal of the image" } },
   run = function(ctx, o, pos)
     local api = ctx.api()
-    local failed = 0
-    for _, name in ipairs(pos) do
+    local _, rc = errors.each(pos, function(name)
       local res, err = remove(api, name, o.force)
-      if not res then
-        failed = failed + 1
-        out.err(errors.describe(err))
-        if err.kind == "connect" then return 1 end
-      elseif type(res) == "table" then
+      if type(res) == "table" then
         for _, u in ipairs(v(res.untagged) or {}) do
           local repo, tag = images.familiar(u)
           out.print("Untagged: " .. repo .. ":" .. tag)
         end
         if v(res.deleted) then out.print("Deleted: " .. tostring(v(res.id))) end
       end
-    end
-    return failed > 0 and 1 or 0
+      return res, err
+    end)
+    return rc
   end,
 }
 

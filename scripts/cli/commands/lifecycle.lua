@@ -14,21 +14,14 @@ local function path(name) return "/v1/containers/" .. client.urlencode(name) end
 -- Runs fn(api, name) -> body | nil, err for every name; prints results the docker way.
 local function each(ctx, o, names, fn)
   local api = ctx.api()
-  local failed = 0
-  local results = {}
-  for _, name in ipairs(names) do
+  local results, rc = errors.each(names, function(name)
     local body, err = fn(api, name)
-    if body == nil then
-      failed = failed + 1
-      out.err(errors.describe(err))
-      if err.kind == "connect" then return 1 end
-    else
-      results[#results + 1] = type(body) == "table" and body or { name = name }
-      if o.format ~= "json" then out.print(name) end
-    end
-  end
-  if o.format == "json" then out.json(json.array(results)) end
-  return failed > 0 and 1 or 0
+    if body == nil then return nil, err end
+    if o.format ~= "json" then out.print(name) end
+    return type(body) == "table" and body or { name = name }
+  end)
+  if results and o.format == "json" then out.json(json.array(results)) end
+  return rc
 end
 
 local function action(name, summary, verb, flags, query_of)

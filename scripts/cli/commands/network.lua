@@ -3,6 +3,7 @@ local client = require("cli.client")
 local errors = require("cli.errors")
 local format = require("cli.format")
 local opts_ = require("cli.opts")
+local objects = require("cli.objects")
 local out = require("cli.out")
 local v = format.v
 
@@ -69,50 +70,8 @@ local ls = {
   end,
 }
 
-local rm = {
-  name = "network rm",
-  usage = "network rm NETWORK [NETWORK...]",
-  summary = "Remove one or more networks",
-  aliases = { "network rm", "network remove" },
-  min_args = 1,
-  run = function(ctx, o, pos)
-    local api, failed = ctx.api(), 0
-    for _, n in ipairs(pos) do
-      local res, err = api:call("DELETE", path(n))
-      if res then out.print(n) else
-        failed = failed + 1
-        out.err(errors.describe(err))
-        if err.kind == "connect" then return 1 end
-      end
-    end
-    return failed > 0 and 1 or 0
-  end,
-}
-
-local inspect = {
-  name = "network inspect",
-  usage = "network inspect [OPTIONS] NETWORK [NETWORK...]",
-  summary = "Display detailed information on one or more networks",
-  min_args = 1,
-  flags = { { "f", "format", "string", "Format the output using a template (default: JSON)" } },
-  run = function(ctx, o, pos)
-    local api, failed, res = ctx.api(), 0, {}
-    for _, n in ipairs(pos) do
-      local x, err = api:call("GET", path(n), { timeout = 60 })
-      if x then res[#res + 1] = x else
-        failed = failed + 1
-        out.err(errors.describe(err))
-        if err.kind == "connect" then return 1 end
-      end
-    end
-    if o.format and o.format ~= "json" then
-      for _, x in ipairs(res) do out.print(format.template(o.format, x)) end
-    else
-      out.json(json.array(res))
-    end
-    return failed > 0 and 1 or 0
-  end,
-}
+local rm = objects.rm("network", path)
+local inspect = objects.inspect("network", path)
 
 return {
   name = "network",
