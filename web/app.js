@@ -61,13 +61,12 @@ views.system = async (root) => {
         el("td", {}, p.abi), el("td", {}, p.resources), el("td", {}, p.summary))))));
 };
 
-views.events = async (root) => {
-  const pre = el("pre", {});
-  root.append(el("div", { class: "card" }, el("h2", {}, "Events (live)"), pre));
-  const ctrl = new AbortController();
-  views.events.stop = () => ctrl.abort();
-  const res = await fetch("/v1/events?since=" + Math.max(0, 0), {
-    headers: { Authorization: "Bearer " + state.token }, signal: ctrl.signal });
+// Read a streamed response with fetch, calling fn for every non-empty piece between
+// separators ("\n" for NDJSON, "\n\n" for server-sent events), until signal aborts or the
+// stream ends.
+async function readStream(path, signal, sep, fn) {
+  const res = await fetch(path, { headers: { Authorization: "Bearer " + state.token }, signal });
+  if (!res.ok) throw new Error((await res.text()) || res.statusText);
   const reader = res.body.getReader();
   const dec = new TextDecoder();
   let buf = "";
@@ -76,14 +75,24 @@ views.events = async (root) => {
     if (done) break;
     buf += dec.decode(value, { stream: true });
     let i;
-    while ((i = buf.indexOf("\n\n")) >= 0) {
-      const block = buf.slice(0, i); buf = buf.slice(i + 2);
-      const data = block.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
-      if (!data) continue;
-      const ev = JSON.parse(data);
-      pre.prepend(`${new Date(ev.time * 1000).toISOString()}  #${ev.id}  ${ev.type}  ${JSON.stringify(ev.data ?? {})}\n`);
+    while ((i = buf.indexOf(sep)) >= 0) {
+      const piece = buf.slice(0, i); buf = buf.slice(i + sep.length);
+      if (piece) fn(piece);
     }
   }
+}
+
+views.events = async (root) => {
+  const pre = el("pre", {});
+  root.append(el("div", { class: "card" }, el("h2", {}, "Events (live)"), pre));
+  const ctrl = new AbortController();
+  views.events.stop = () => ctrl.abort();
+  await readStream("/v1/events?since=0", ctrl.signal, "\n\n", (block) => {
+    const data = block.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+    if (!data) return;
+    const ev = JSON.parse(data);
+    pre.prepend(`${new Date(ev.time * 1000).toISOString()}  #${ev.id}  ${ev.type}  ${JSON.stringify(ev.data ?? {})}\n`);
+  });
 };
 
 // Other scripts (containers.js, ...) register more views and tabs; they load after

@@ -48,25 +48,8 @@ function actionButtons(c, after) {
   return out;
 }
 
-// Read an NDJSON (or SSE-free line) stream with fetch, calling fn for every line, until
-// signal aborts or the stream ends.
-async function readLines(path, signal, fn) {
-  const res = await fetch(path, { headers: { Authorization: "Bearer " + state.token }, signal });
-  if (!res.ok) throw new Error((await res.text()) || res.statusText);
-  const reader = res.body.getReader();
-  const dec = new TextDecoder();
-  let buf = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buf += dec.decode(value, { stream: true });
-    let i;
-    while ((i = buf.indexOf("\n")) >= 0) {
-      const line = buf.slice(0, i); buf = buf.slice(i + 1);
-      if (line) fn(line);
-    }
-  }
-}
+// An NDJSON stream: fn for every line (readStream is in app.js)
+const readLines = (path, signal, fn) => readStream(path, signal, "\n", fn);
 
 views.containers = async (root) => {
   const body = el("tbody", {});

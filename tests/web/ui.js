@@ -98,6 +98,12 @@ setTimeout(() => { console.log("# watchdog: the run took over 7 minutes"); proce
     await page.goto(base + "#images");
     await page.waitForFunction((img) => document.body.innerText.includes(img), { timeout: 15000 }, image);
     ok(true, "the images page lists the pulled image");
+
+    // the events page replays what happened (server-sent events)
+    step("the events page");
+    await page.goto(base + "#events");
+    await page.waitForFunction(() => document.body.innerText.includes("container.removed"), { timeout: 15000 });
+    ok(true, "the events page shows the container's events");
     ok(errors.length === 0, "no script errors in the page " + JSON.stringify(errors));
   } catch (e) {
     // what the page showed when it went wrong, for a log read after the fact
