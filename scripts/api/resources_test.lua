@@ -2,15 +2,7 @@
 -- server and the real plugins (nothing here creates a bridge: the network cases are
 -- refused before any is made):
 --   moonbox test --socket S scripts/api/resources_test.lua
-local SOCK = moonbox.config("socket")
-
-local function call(method, path, body)
-  local r, err = http.request { method = method, url = "http://moonbox" .. path,
-                                unix_socket = SOCK, body = body }
-  assert(r, err)
-  local ok_, decoded = pcall(json.decode, r.body)
-  return r.status, ok_ and decoded or r.body
-end
+local call = require("apitest").call
 
 -- a 400 whose error names `field`
 local function refused(method, path, body, field)

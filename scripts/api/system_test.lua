@@ -1,14 +1,6 @@
 -- Tests of the shipped system and events endpoints, through the real HTTP server:
 --   moonbox test --socket S scripts/api/system_test.lua
-local SOCK = moonbox.config("socket")
-
-local function call(method, path, body)
-  local r, err = http.request { method = method, url = "http://moonbox" .. path,
-                                unix_socket = SOCK, body = body }
-  assert(r, err)
-  local ok_, decoded = pcall(json.decode, r.body)
-  return r.status, ok_ and decoded or r.body, r
-end
+local call = require("apitest").call
 
 return {
   test_health = function()
@@ -53,7 +45,7 @@ return {
     -- the client is a task of our own; the stream ends when the client times out
     local h = task.spawn(function()
       return http.request { url = "http://moonbox/v1/events?type=systest.stream&since=" .. (first - 1),
-                            unix_socket = SOCK, timeout = 0.5 }
+                            unix_socket = moonbox.config("socket"), timeout = 0.5 }
     end)
     timer.sleep(0.1)
     events.emit("systest.stream", { n = 2 })
