@@ -78,6 +78,7 @@ struct srv {
 	bool shutdown_acked; /* the shutdown reply has been handed to nng */
 	pthread_t prep;      /* opens the nng socket while init mounts the root */
 	bool prep_started;
+	bool listening; /* mb_agent_listen() done */
 	int prep_rc;
 	char prep_msg[256];
 };
@@ -543,11 +544,13 @@ __attribute__((noreturn)) static void finish_shutdown(struct mb_agent *a, struct
 		pause();
 }
 
-void mb_agent_run(struct mb_agent *a)
+void mb_agent_listen(struct mb_agent *a)
 {
 	if (!a->srv)
 		mb_agent_prepare(a);
 	struct srv *s = a->srv;
+	if (s->listening)
+		return;
 	s->wake_tag.kind = MB_TAG_WAKE;
 	s->sig_tag.kind = MB_TAG_SIGNAL;
 	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &s->wake_tag };
@@ -561,6 +564,13 @@ void mb_agent_run(struct mb_agent *a)
 		mb_begin_shutdown(a, 0);
 		finish_shutdown(a, s);
 	}
+	s->listening = true;
+}
+
+void mb_agent_run(struct mb_agent *a)
+{
+	mb_agent_listen(a);
+	struct srv *s = a->srv;
 	mb_log("ready");
 	for (;;) {
 		int timeout = -1;

@@ -108,6 +108,9 @@ struct mb_agent;
 struct mb_proc;
 
 int mb_procs_init(struct mb_agent *a);
+/* Start creating the container's cgroup on a thread (the first run waits for it).
+ * Optional; call once /sys/fs/cgroup is mounted and the signal mask is set. */
+void mb_procs_prepare(void);
 /* Handlers; each returns a new reply header (caller decrefs) and may set a payload. */
 json_t *mb_op_run(struct mb_agent *a, json_t *req, bool is_exec);
 json_t *mb_op_write(struct mb_agent *a, json_t *req, const uint8_t *data, size_t len);
@@ -151,10 +154,15 @@ struct mb_tag {
 	int kind;
 };
 
-/* Run the agent until shutdown; never returns (reboots the VM). */
 /* Start opening the agent's nng socket on a thread (call once the signal mask is set:
  * nng's threads inherit it); mb_agent_run() waits for it. Optional. */
 void mb_agent_prepare(struct mb_agent *a);
+/* Listen for the host (waits for mb_agent_prepare's thread). Requests that arrive are
+ * queued for mb_agent_run(); the host's connection and authentication handshake overlap
+ * whatever init does in between (starting the container's process). Optional: run()
+ * listens if this was not called. */
+void mb_agent_listen(struct mb_agent *a);
+/* Run the agent until shutdown; never returns (reboots the VM). */
 void mb_agent_run(struct mb_agent *a) __attribute__((noreturn));
 void mb_begin_shutdown(struct mb_agent *a, int64_t grace_ms);
 

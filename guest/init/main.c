@@ -64,6 +64,8 @@ int main(int argc, char **argv)
 	mb_late_mounts();
 	/* nng's start-up (threads) overlaps the disk and network set-up below */
 	mb_agent_prepare(&a);
+	if (strcmp(cfg.root_type, "none") != 0)
+		mb_procs_prepare(); /* the cgroup, also while the disks mount */
 	if (mb_mount_root(&cfg, &e) < 0)
 		fatal("root filesystem", e.msg);
 	if (mb_net_setup(&cfg, &e) < 0)
@@ -77,6 +79,8 @@ int main(int argc, char **argv)
 	a.epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (a.epfd < 0 || mb_procs_init(&a) < 0)
 		fatal("agent", "cannot allocate");
+	/* listen first: the host connects and authenticates while the process starts */
+	mb_agent_listen(&a);
 	if (cfg.run) {
 		/* Start the container's process now rather than when the host asks: the host's
 		 * run request then finds it running (run is idempotent by id). On failure the

@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -608,15 +609,52 @@ __attribute__((noreturn)) static void child_exec(int ctl, const struct spec *sp,
 	FAIL(ctl, e, "exec: \"%s\": %s", sp->argv[0], strerror(e));
 }
 
+/* The container's cgroup: enable the controllers whose files cgroup_setup() writes and
+ * create the group. Creating it costs tens of milliseconds under TCG, largely waiting in
+ * the kernel, so mb_procs_prepare() does it on a thread while init mounts the disks.
+ * Returns 0 or a negative errno. */
+static int cgroup_create(void)
+{
+	static const char *ctrls[] = { "+cpu", "+memory", "+pids" };
+	for (size_t i = 0; i < sizeof(ctrls) / sizeof(ctrls[0]); i++)
+		mb_write_file("/sys/fs/cgroup/cgroup.subtree_control", ctrls[i], strlen(ctrls[i]),
+		              0644);
+	if (mkdir(MB_CGROUP_DIR, 0755) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+static struct {
+	pthread_t thread;
+	bool started;
+	int rc;
+} cg_prep;
+
+static void *cgroup_prep_thread(void *arg)
+{
+	(void)arg;
+	cg_prep.rc = cgroup_create();
+	return NULL;
+}
+
+void mb_procs_prepare(void)
+{
+	cg_prep.started = pthread_create(&cg_prep.thread, NULL, cgroup_prep_thread, NULL) == 0;
+}
+
 static int cgroup_setup(struct mb_agent *a, json_t *req, mbp_err *err)
 {
 	if (!a->procs->cgroup_ready) {
-		static const char *ctrls[] = { "+cpu", "+memory", "+pids", "+io", "+cpuset" };
-		for (size_t i = 0; i < sizeof(ctrls) / sizeof(ctrls[0]); i++)
-			mb_write_file("/sys/fs/cgroup/cgroup.subtree_control", ctrls[i],
-			              strlen(ctrls[i]), 0644);
-		if (mkdir(MB_CGROUP_DIR, 0755) < 0 && errno != EEXIST)
-			return mbp_err_set(err, -errno, "create cgroup: %s", strerror(errno));
+		int rc;
+		if (cg_prep.started) {
+			pthread_join(cg_prep.thread, NULL);
+			cg_prep.started = false;
+			rc = cg_prep.rc;
+		} else {
+			rc = cgroup_create();
+		}
+		if (rc < 0)
+			return mbp_err_set(err, rc, "create cgroup: %s", strerror(-rc));
 		a->procs->cgroup_ready = true;
 	}
 	if (!req)

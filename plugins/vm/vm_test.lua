@@ -520,9 +520,10 @@ return {
     local p = ok(vm.run(rec.id, { id = "main", argv = { "sh", "-c", "echo second" } }))
     eq(p.existing, true)
     local con = vm.console(rec.id)
+    -- it did not wait for the host: started before the host's connection was authenticated
     local started = con:find("container main started", 1, true)
-    local listening = con:find("agent: listening", 1, true)
-    ok(started and listening and started < listening, "started before the agent listened")
+    local authed = con:find("agent: host authenticated", 1, true)
+    ok(started and authed and started < authed, "started before the host was authenticated")
     ok(vm.kill(rec.id))
     ok(vm.remove(rec.id))
     assert_gone(rec.id)
