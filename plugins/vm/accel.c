@@ -122,7 +122,7 @@ static void accel_finish(bool kvm_ok, const char *reason, bool cached)
 		vm_log(
 		    MB_LOG_WARN,
 		    "vm: using TCG (software emulation, translation cache bounded to %d MiB): %s",
-		    VM_TB_SIZE_MIB, reason);
+		    G.tb_size_mib, reason);
 	else
 		vm_log(MB_LOG_INFO, "vm: using KVM: %s", reason);
 	if (G.host->hold && A->probe_dir == NULL)
@@ -142,7 +142,7 @@ json_t *accel_json(void)
 		json_array_append_new(avail, json_string("kvm"));
 	json_t *j =
 	    json_pack("{s:o,s:I,s:b,s:i}", "available", avail, "tsc_khz", (json_int_t)G.tsc_khz,
-	              "probing", A->st != ACC_DONE, "tb_size_mib", VM_TB_SIZE_MIB);
+	              "probing", A->st != ACC_DONE, "tb_size_mib", G.tb_size_mib);
 	if (A->st == ACC_DONE) {
 		json_object_set_new(j, "selected", json_string(A->selected));
 		json_object_set_new(j, "reason", json_string(A->reason));

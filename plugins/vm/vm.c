@@ -532,7 +532,7 @@ static struct argv build_argv(struct vm *v, int agent_port)
 	if (kvm())
 		ADD("kvm");
 	else
-		ADD("tcg,tb-size=%d", VM_TB_SIZE_MIB);
+		ADD("tcg,tb-size=%d", G.tb_size_mib);
 	ADD("-cpu");
 	ADD("%s", kvm() ? "host" : "qemu64,+arat");
 	ADD("-smp");

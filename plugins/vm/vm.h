@@ -19,7 +19,7 @@
 #define VM_NAME_MAX     128
 #define VM_TOKEN_HEX    64 /* 32 random bytes, hex */
 #define VM_CONSOLE_TAIL 2048
-#define VM_TB_SIZE_MIB  64 /* TCG translation cache bound (research/vm.md §5) */
+#define VM_TB_SIZE_MIB  64 /* default TCG translation cache bound (see G.tb_size_mib) */
 
 struct vm;
 struct qmp;
@@ -59,6 +59,7 @@ struct vmp {
 	char *guest_dir;   /* where vmlinux and the initramfs images are */
 	char *qemu;        /* QEMU binary (PATH lookup) */
 	long tsc_khz;      /* host TSC kHz for tsc_early_khz= */
+	int tb_size_mib;   /* TCG translation cache per VM (MOONBOX_VM_TB_SIZE_MIB) */
 	int cgroup_mode;   /* 0 none, 1 cgroup v1 cpu controller, 2 cgroup v2 */
 	char *cgroup_root; /* /sys/fs/cgroup/cpu/moonbox or /sys/fs/cgroup/moonbox */
 	struct vm *vms;

@@ -65,8 +65,8 @@ MARKER = b"moonbox-init["
 class Bare:
     """Bare QEMU boots of build/guest's kernel and initramfs; tmp is a scratch dir."""
 
-    def __init__(self, guest, tmp, accel, tsc_khz):
-        self.guest, self.accel, self.tsc = guest, accel, tsc_khz
+    def __init__(self, guest, tmp, accel, tsc_khz, tb_size_mib=64):
+        self.guest, self.accel, self.tsc, self.tb = guest, accel, tsc_khz, tb_size_mib
         cfg = {"version": 1, "token": "b" * 64, "hostname": "bench", "root": {"type": "none"},
                "network": {"mac": "52:54:00:12:34:56", "address": "10.0.2.15/24",
                            "gateway": "10.0.2.2"},
@@ -83,7 +83,7 @@ class Bare:
 
     def argv(self, smp=1, mem_mib=256):
         accel = ["-accel", "kvm", "-cpu", "host"] if self.accel == "kvm" else \
-                ["-accel", "tcg,tb-size=64", "-cpu", "qemu64,+arat"]
+                ["-accel", f"tcg,tb-size={self.tb}", "-cpu", "qemu64,+arat"]
         append = (f"console=ttyS0 panic=-1 reboot=t tsc_early_khz={self.tsc} tsc=reliable "
                   "cryptomgr.notests no_timer_check quiet")
         return ["qemu-system-x86_64", "-M", "microvm,x-option-roms=off,acpi=off"] + accel + [
