@@ -127,7 +127,8 @@ kill -9 "$D_PID"
 wait "$D_PID" 2>/dev/null || true
 kill -9 "$pid"
 for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-start_daemon d1 --guest-dir "$GUEST"
+# (this daemon also gets a smaller TCG translation cache, checked below)
+MOONBOX_VM_TB_SIZE_MIB=24 start_daemon d1 --guest-dir "$GUEST"
 out=$(api GET /v1/vms/web)
 expect_eq "died while the daemon was down: stopped" "$(body_of <<<"$out" | jq_ .state)" stopped
 expect_eq "died while the daemon was down: reason" "$(body_of <<<"$out" | jq_ .exit.reason)" crashed
@@ -139,6 +140,8 @@ out=$(json_post /v1/vms/web/start '{"timeout":120}')
 expect_eq "start again" "$(body_of <<<"$out" | jq_ .state)" running
 pid=$(body_of <<<"$out" | jq_ .pid)
 PIDS+=("$pid")
+check "MOONBOX_VM_TB_SIZE_MIB reaches QEMU" bash -c "tr '\\0' ' ' </proc/$pid/cmdline | grep -q 'tcg,tb-size=24 '"
+expect_eq "and the system info" "$(api GET /v1/system/info | body_of | jq_ .acceleration.tb_size_mib)" 24
 out=$(json_post /v1/vms/web/stop '{"timeout":2}')
 expect_eq "stop: stopped" "$(body_of <<<"$out" | jq_ .state)" stopped
 expect_eq "stop: reason" "$(body_of <<<"$out" | jq_ .exit.reason)" stop
