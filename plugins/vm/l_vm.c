@@ -33,7 +33,7 @@ static int push_err(lua_State *L, int code, const char *msg)
 {
 	lua_pushnil(L);
 	lua_pushstring(L, msg);
-	lua_pushstring(L, vm_code_name(code));
+	lua_pushstring(L, G.host->errcode(code));
 	return 3;
 }
 

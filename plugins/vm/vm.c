@@ -188,12 +188,6 @@ static json_t *ev_data(const struct vm *v)
 
 /* ---- waiters -------------------------------------------------------------------------------- */
 
-/* The host's table (one list of errno -> code strings for the whole daemon). */
-const char *vm_code_name(int code)
-{
-	return G.host->errcode(code);
-}
-
 static struct lwait *waiter_add(struct vm *v, struct lwait *lw, enum lw_kind kind)
 {
 	if (!lw)
@@ -251,7 +245,7 @@ static void waiter_fire(void *ud)
 	} else {
 		lua_pushnil(T);
 		lua_pushstring(T, lw->msg ? lw->msg : "failed");
-		lua_pushstring(T, vm_code_name(lw->code));
+		lua_pushstring(T, G.host->errcode(lw->code));
 		n = 3;
 	}
 	mb_wait *w = lw->w;

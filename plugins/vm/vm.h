@@ -291,8 +291,6 @@ char *vm_run_path(const struct vm *v, const char *file); /* in vm_run_dir */
 struct vm *vm_find(const char *id_or_name);
 void vm_ref(struct vm *v);
 void vm_unref(struct vm *v);
-/* Short error code for Lua ("not_found", "conflict", ...) of a negative errno. */
-const char *vm_code_name(int code);
 /* The record as the API shows it: new reference. */
 json_t *vm_record(const struct vm *v);
 
