@@ -77,10 +77,14 @@ start_daemon() {
   D_TOKEN=$(cat "$D_STATE/token")
 }
 
+# stat_field PID N: field N of /proc/PID/stat counted after the command name (1 = state,
+# 2 = parent PID); empty if there is no such process
+stat_field() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f"$2"; }
+
 # alive PID: the process exists and is not a zombie waiting to be reaped
 alive() {
   local st
-  st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+  st=$(stat_field "$1" 1)
   [ -n "$st" ] && [ "$st" != Z ]
 }
 
@@ -90,7 +94,7 @@ alive() {
 stop_pid() {
   local pid=$1 secs=$2 i rc=0
   # only our own children: a PID that was reaped already may belong to someone else now
-  [ "$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f2)" = "$$" ] || {
+  [ "$(stat_field "$pid" 2)" = "$$" ] || {
     wait "$pid" 2>/dev/null || rc=$?
     return $rc
   }

@@ -45,10 +45,11 @@ else
   echo "# the daemon's last log lines:"
   tail -n 40 "$D_LOG" | sed 's/^/#   /'
 fi
-left=$(api GET '/v1/containers?all=1' --max-time 30 | body_of | jq length) || left="(the daemon did not answer)"
+list=$(api GET '/v1/containers?all=1' --max-time 30 | body_of) && left=$(jq length <<<"$list") ||
+  left="(the daemon did not answer)"
 if [ "$left" != 0 ]; then
   # what the UI left behind goes, so the daemon stops quickly and cleanly
-  for id in $(api GET '/v1/containers?all=1' --max-time 30 | body_of | jq -r '.[].id'); do
+  for id in $(jq -r '.[].id' <<<"${list:-[]}" 2>/dev/null); do
     api DELETE "/v1/containers/$id?force=1" --max-time 60 >/dev/null || true
   done
 fi
