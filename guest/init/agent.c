@@ -78,6 +78,7 @@ struct srv {
 	bool shutdown_acked; /* the shutdown reply has been handed to nng */
 	pthread_t prep;      /* opens the nng socket while init mounts the root */
 	bool prep_started;
+	bool prep_done; /* joined by mb_agent_prepared(): prep_rc/prep_msg are the result */
 	bool listening; /* mb_agent_listen() done */
 	int prep_rc;
 	char prep_msg[256];
@@ -468,13 +469,22 @@ void mb_agent_prepare(struct mb_agent *a)
 	s->prep_started = pthread_create(&s->prep, NULL, srv_prep_thread, s) == 0;
 }
 
+void mb_agent_prepared(struct mb_agent *a)
+{
+	struct srv *s = a->srv;
+	if (s && s->prep_started) {
+		pthread_join(s->prep, NULL);
+		s->prep_started = false;
+		s->prep_done = true;
+	}
+}
+
 static int srv_start(struct srv *s, mbp_err *err)
 {
 	struct mb_config *cfg = s->a->cfg;
 	int rv;
-	if (s->prep_started) {
-		pthread_join(s->prep, NULL);
-		s->prep_started = false;
+	mb_agent_prepared(s->a);
+	if (s->prep_done) {
 		if (s->prep_rc < 0)
 			return mbp_err_set(err, s->prep_rc, "%s", s->prep_msg);
 	} else if ((rv = srv_open(s, err)) < 0) {

@@ -87,12 +87,6 @@ static int parse_mounts(struct mb_config *cfg, json_t *arr, mbp_err *err)
 
 int mb_config_load(struct mb_config *cfg, mbp_err *err)
 {
-	memset(cfg, 0, sizeof(*cfg));
-	cfg->port = MBP_DEFAULT_PORT;
-	cfg->mtu = 0;
-	cfg->disk_timeout_ms = 10000;
-	copy_str(cfg->hostname, sizeof(cfg->hostname), "moonbox");
-
 	json_error_t je;
 	json_t *j = json_load_file(MB_BOOT_JSON, JSON_REJECT_DUPLICATES, &je);
 	/* The file holds the secret token: never leave it behind, even when it is bad. */
@@ -100,12 +94,30 @@ int mb_config_load(struct mb_config *cfg, mbp_err *err)
 	if (!j)
 		return mbp_err_set(err, -EINVAL, "cannot read %s: %s (line %d)", MB_BOOT_JSON,
 		                   je.text, je.line);
+	int rc = mb_config_parse(cfg, j, err);
+	json_decref(j);
+	return rc;
+}
+
+int mb_config_parse(struct mb_config *cfg, const json_t *j, mbp_err *err)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->port = MBP_DEFAULT_PORT;
+	cfg->mtu = 0;
+	cfg->disk_timeout_ms = 10000;
+	copy_str(cfg->hostname, sizeof(cfg->hostname), "moonbox");
 	int rc = 0;
 	cfg->version = (int)mbp_get_int(j, "version", 0);
 	if (cfg->version != MBP_VERSION) {
 		rc = mbp_err_set(err, -EPROTONOSUPPORT, "boot config version %d, agent speaks %d",
 		                 cfg->version, MBP_VERSION);
 		goto out;
+	}
+	cfg->template_mode = mbp_get_bool(j, "template", 0);
+	if (cfg->template_mode) {
+		/* a template has no identity yet: everything comes with the restore */
+		copy_str(cfg->root_type, sizeof(cfg->root_type), "none");
+		return 0;
 	}
 	const char *tok = mbp_get_str(j, "token", NULL);
 	if (!tok || strlen(tok) < 16 || strlen(tok) >= sizeof(cfg->token)) {
@@ -188,7 +200,6 @@ int mb_config_load(struct mb_config *cfg, mbp_err *err)
 		cfg->run = json_incref(run);
 	}
 out:
-	json_decref(j);
 	return rc;
 }
 

@@ -74,10 +74,13 @@ struct mb_config {
 	json_t *modules; /* array of names or NULL: load the initramfs's modules.order */
 	int disk_timeout_ms;
 	json_t *run; /* the container's main process, started at boot (a run request), or NULL */
+	bool template_mode; /* boot as a template: wait for the real config (template.c) */
 };
 
 /* Read MB_BOOT_JSON into cfg and delete the file. 0 or negative errno. */
 int mb_config_load(struct mb_config *cfg, mbp_err *err);
+/* Parse a boot config object (borrowed) into cfg (overwritten). 0 or negative errno. */
+int mb_config_parse(struct mb_config *cfg, const json_t *j, mbp_err *err);
 /* Frees what mb_config_load allocated in cfg (not cfg itself) and wipes the token. */
 void mb_config_free(struct mb_config *cfg);
 int mb_load_modules(const struct mb_config *cfg);
@@ -89,6 +92,14 @@ int mb_write_etc(const struct mb_config *cfg, const char *hostname, mbp_err *err
 /* Find /dev/vdX whose serial is `serial`; writes "/dev/vdX" into dev. */
 int mb_find_disk(const char *serial, char *dev, size_t devlen, int timeout_ms);
 void mb_unmount_all(const struct mb_config *cfg);
+
+/* --- template.c: template mode ------------------------------------------------------ */
+struct mb_agent;
+/* Wait (polling the config disk) until the host restores this saved guest with a real
+ * boot config, then make the machine this VM's: config parsed into cfg (replacing the
+ * template's), clock set, RNG reseeded, the disks and the NIC re-probed. 0 or negative
+ * errno with err. */
+int mb_template_wait(struct mb_agent *a, struct mb_config *cfg, mbp_err *err);
 
 /* --- net.c ------------------------------------------------------------------------- */
 int mb_net_setup(struct mb_config *cfg, mbp_err *err);
@@ -111,6 +122,8 @@ int mb_procs_init(struct mb_agent *a);
 /* Start creating the container's cgroup on a thread (the first run waits for it).
  * Optional; call once /sys/fs/cgroup is mounted and the signal mask is set. */
 void mb_procs_prepare(void);
+/* Wait for what mb_procs_prepare started (templates: done before the snapshot). */
+void mb_procs_prepared(void);
 /* Handlers; each returns a new reply header (caller decrefs) and may set a payload. */
 json_t *mb_op_run(struct mb_agent *a, json_t *req, bool is_exec);
 json_t *mb_op_write(struct mb_agent *a, json_t *req, const uint8_t *data, size_t len);
@@ -157,6 +170,8 @@ struct mb_tag {
 /* Start opening the agent's nng socket on a thread (call once the signal mask is set:
  * nng's threads inherit it); mb_agent_run() waits for it. Optional. */
 void mb_agent_prepare(struct mb_agent *a);
+/* Wait for mb_agent_prepare's thread (templates: done before the snapshot). */
+void mb_agent_prepared(struct mb_agent *a);
 /* Listen for the host (waits for mb_agent_prepare's thread). Requests that arrive are
  * queued for mb_agent_run(); the host's connection and authentication handshake overlap
  * whatever init does in between (starting the container's process). Optional: run()

@@ -6,6 +6,8 @@
  * mount the container root (erofs lower + ext4 upper + overlay, or one disk) and the
  * extra mounts, configure the network, then serve the host over nng (agent.c) until a
  * shutdown request, after which it reboots (QEMU runs with -no-reboot and exits).
+ * A template (template.c) stops after the machine set-up that needs no config, is saved
+ * by the host, and continues from there in every VM restored from it.
  * A fatal boot error is logged on the console and also ends in a reboot: PID 1 never
  * exits.
  */
@@ -64,8 +66,11 @@ int main(int argc, char **argv)
 	mb_late_mounts();
 	/* nng's start-up (threads) overlaps the disk and network set-up below */
 	mb_agent_prepare(&a);
-	if (strcmp(cfg.root_type, "none") != 0)
+	if (cfg.template_mode || strcmp(cfg.root_type, "none") != 0)
 		mb_procs_prepare(); /* the cgroup, also while the disks mount */
+	/* a template waits here to be saved; restored, it continues as the VM it became */
+	if (cfg.template_mode && mb_template_wait(&a, &cfg, &e) < 0)
+		fatal("template", e.msg);
 	if (mb_mount_root(&cfg, &e) < 0)
 		fatal("root filesystem", e.msg);
 	if (mb_net_setup(&cfg, &e) < 0)

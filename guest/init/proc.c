@@ -627,6 +627,7 @@ static int cgroup_create(void)
 static struct {
 	pthread_t thread;
 	bool started;
+	bool done; /* joined by mb_procs_prepared(): rc is the result */
 	int rc;
 } cg_prep;
 
@@ -642,13 +643,21 @@ void mb_procs_prepare(void)
 	cg_prep.started = pthread_create(&cg_prep.thread, NULL, cgroup_prep_thread, NULL) == 0;
 }
 
+void mb_procs_prepared(void)
+{
+	if (cg_prep.started) {
+		pthread_join(cg_prep.thread, NULL);
+		cg_prep.started = false;
+		cg_prep.done = true;
+	}
+}
+
 static int cgroup_setup(struct mb_agent *a, json_t *req, mbp_err *err)
 {
 	if (!a->procs->cgroup_ready) {
 		int rc;
-		if (cg_prep.started) {
-			pthread_join(cg_prep.thread, NULL);
-			cg_prep.started = false;
+		mb_procs_prepared();
+		if (cg_prep.done) {
 			rc = cg_prep.rc;
 		} else {
 			rc = cgroup_create();

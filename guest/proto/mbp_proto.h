@@ -28,6 +28,14 @@
 #define MBP_MAX_MSG      (8u << 20) /* the agent sets NNG_OPT_RECVMAXSZ to this */
 #define MBP_MAX_CHUNK    (1u << 20) /* largest payload a read/fs_read returns */
 
+/* Template mode (PROTOCOL.md "Templates"): a guest booted with "template": true waits for
+ * its real boot config on the virtio disk with this serial: MBP_CONFIG_MAGIC, the JSON
+ * length as 8 bytes little-endian, the JSON; the disk is MBP_CONFIG_DISK_SIZE bytes. */
+#define MBP_CONFIG_SERIAL    "mb-config"
+#define MBP_CONFIG_MAGIC     "MBCONF01"
+#define MBP_CONFIG_DISK_SIZE (1u << 20)
+#define MBP_EMPTY_SERIAL     "mb-empty" /* unused disk slots of a restored template */
+
 /* Operations (the "op" field of a request). */
 #define MBP_OP_HELLO      "hello"
 #define MBP_OP_AUTH       "auth"
