@@ -3,12 +3,11 @@
  * (the task yields). Misuse raises; operational failures return nil, message, code.
  *
  *   vm.acceleration()                       -> {selected, available, reason, tsc_khz, ...}
- *   vm.create(spec)                         -> record | nil, msg, code [, field]
- *   vm.start(id [, {timeout=s}]) ⏳          -> record (agent authenticated)
- *   vm.stop(id [, {timeout=s}]) ⏳           -> record (stopped)
- *   vm.kill(id) ⏳, vm.pause(id) ⏳, vm.resume(id) ⏳ -> record
- *   vm.remove(id [, {force=bool}]) ⏳        -> true
- *   vm.get(id) -> record | nil, msg, "not_found";  vm.list() -> {record...}
+ *   vm.templates()                          -> {{key, memory_mib, vcpus, state, created, error,
+ * dir}} vm.create(spec)                         -> record | nil, msg, code [, field] vm.start(id [,
+ * {timeout=s}]) ⏳          -> record (agent authenticated) vm.stop(id [, {timeout=s}]) ⏳ -> record
+ * (stopped) vm.kill(id) ⏳, vm.pause(id) ⏳, vm.resume(id) ⏳ -> record vm.remove(id [, {force=bool}])
+ * ⏳        -> true vm.get(id) -> record | nil, msg, "not_found";  vm.list() -> {record...}
  *   vm.console(id [, {tail=bytes}])         -> string
  *   guest calls ⏳: run exec read write close_stdin resize signal wait processes release stats
  *                  fs_read fs_write fs_stat fs_mkdir fs_readdir command
@@ -113,6 +112,15 @@ static void push_record(lua_State *L, const struct vm *v)
 static int l_acceleration(lua_State *L)
 {
 	json_t *j = accel_json();
+	G.host->lua_push_json(L, j);
+	json_decref(j);
+	return 1;
+}
+
+/* [-0, +1, -] */
+static int l_templates(lua_State *L)
+{
+	json_t *j = vm_tpl_list();
 	G.host->lua_push_json(L, j);
 	json_decref(j);
 	return 1;
@@ -1495,6 +1503,7 @@ static void start_cleanup(struct vm *v, const char *proc)
 
 static const luaL_Reg funcs[] = {
 	{ "acceleration", l_acceleration },
+	{ "templates", l_templates },
 	{ "create", l_create },
 	{ "start", l_start },
 	{ "stop", l_stop },

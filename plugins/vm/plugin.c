@@ -80,6 +80,7 @@ static int vm_init(const struct mb_host *host, mb_plugin *self, mb_err *err)
 	if ((r = vm_lua_register(err)) < 0)
 		goto fail;
 	vm_cgroup_detect();
+	vm_tpl_init();
 	accel_start();
 	vm_adopt_all();
 	return 0;
@@ -103,6 +104,7 @@ fail:
 static void vm_fini(mb_plugin *self)
 {
 	accel_fini();
+	vm_tpl_fini(); /* a template build's QEMU is killed, its thread joined */
 	vm_fini_all();
 	agent_fini_all();
 	G.dead = true;
@@ -126,6 +128,7 @@ static json_t *vm_info(mb_plugin *self)
 	json_t *j = json_pack("{s:i,s:i,s:s,s:s}", "vms", n, "running", running, "qemu", G.qemu,
 	                      "guest_dir", G.guest_dir);
 	json_object_set_new(j, "acceleration", accel_json());
+	json_object_set_new(j, "templates", vm_tpl_list());
 	json_object_set_new(j, "cgroup",
 	                    G.cgroup_mode == 2   ? json_string("v2")
 	                    : G.cgroup_mode == 1 ? json_string("v1")

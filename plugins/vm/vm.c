@@ -26,6 +26,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "mbp_proto.h"
@@ -110,6 +111,7 @@ static void vm_free(struct vm *v)
 	free(v->error);
 	free(v->fail_msg);
 	free(v->boot_token);
+	free(v->tpl_key);
 	while (v->stdins) {
 		struct stdin_off *n = v->stdins->next;
 		free(v->stdins->id);
@@ -165,6 +167,7 @@ json_t *vm_record(const struct vm *v)
 	json_object_set_new(r, "error", v->error ? json_string(v->error) : json_null());
 	json_object_set_new(r, "agent_addr",
 	                    *v->agent_addr ? json_string(v->agent_addr) : json_null());
+	json_object_set_new(r, "template", v->tpl_key ? json_string(v->tpl_key) : json_null());
 	json_t *spec = json_deep_copy(s);
 	json_object_set_new(r, "spec", spec);
 	char *d = vm_dir(v);
@@ -509,8 +512,11 @@ static bool kvm(void)
 	return strcmp(G.accel.selected, "kvm") == 0;
 }
 
-/* The QEMU command line of v: argv (owned strings). agent_port: the user-net host port. */
-static struct argv build_argv(struct vm *v, int agent_port)
+/* The QEMU command line of v: argv (owned strings). agent_port: the user-net host port.
+ * tu: NULL for a normal boot; otherwise the device layout of a template (template.c):
+ * the config disk first, the spec's disks, unused slots up to VM_TPL_DISKS, and either a
+ * NIC without a backend (building it) or -incoming fd:4 (restoring it). */
+static struct argv build_argv(const struct vm *v, int agent_port, const struct vm_tpl_use *tu)
 {
 	struct argv a = { 0 };
 	const json_t *s = v->spec;
@@ -563,7 +569,10 @@ static struct argv build_argv(struct vm *v, int agent_port)
 	else
 		ADD("%s", kernel);
 	ADD("-initrd");
-	av_add(&a, vm_run_path(v, "initrd"));
+	if (tu)
+		ADD("%s/initrd", tu->dir);
+	else
+		av_add(&a, vm_run_path(v, "initrd"));
 	char tsc[64] = "";
 	if (G.tsc_khz > 0)
 		snprintf(tsc, sizeof(tsc), " tsc_early_khz=%ld", G.tsc_khz);
@@ -591,6 +600,14 @@ static struct argv build_argv(struct vm *v, int agent_port)
 		}                                                                                  \
 		ndev++;                                                                            \
 	} while (0)
+	if (tu) {
+		RNG_IF_SLOT5();
+		ADD("-drive");
+		ADD("id=cfg,file=%s,format=raw,if=none%s", tu->config,
+		    tu->build ? "" : ",readonly=on");
+		ADD("-device");
+		ADD("virtio-blk-device,drive=cfg,serial=" MBP_CONFIG_SERIAL);
+	}
 	json_array_foreach(json_object_get(s, "disks"), i, d)
 	{
 		RNG_IF_SLOT5();
@@ -602,6 +619,18 @@ static struct argv build_argv(struct vm *v, int agent_port)
 		ADD("-device");
 		ADD("virtio-blk-device,drive=d%zu,serial=%s", i,
 		    json_string_value(json_object_get(d, "serial")));
+	}
+	/* unused slots: their own writable file while building (the template's disks must
+	 * not be read-only, see template.c), one shared read-only file when restoring */
+	for (i = json_array_size(json_object_get(s, "disks")); tu && i < VM_TPL_DISKS; i++) {
+		RNG_IF_SLOT5();
+		ADD("-drive");
+		if (tu->build)
+			ADD("id=d%zu,file=%s/slot%zu.img,format=raw,if=none", i, tu->dir, i);
+		else
+			ADD("id=d%zu,file=%s/empty.img,format=raw,if=none,readonly=on", i, tu->dir);
+		ADD("-device");
+		ADD("virtio-blk-device,drive=d%zu,serial=" MBP_EMPTY_SERIAL, i);
 	}
 	json_array_foreach(json_object_get(s, "shares"), i, d)
 	{
@@ -620,6 +649,13 @@ static struct argv build_argv(struct vm *v, int agent_port)
 	{
 		RNG_IF_SLOT5();
 		const char *type = json_string_value(json_object_get(d, "type"));
+		if (tu && tu->build) {
+			/* no backend: the guest negotiates the fewest features, so a restore
+			 * with any backend accepts the saved device state */
+			ADD("-device");
+			ADD("virtio-net-device,mac=52:54:00:00:00:01");
+			continue;
+		}
 		ADD("-netdev");
 		if (strcmp(type, "tap") == 0) {
 			ADD("tap,id=n%zu,ifname=%s,script=no,downscript=no", i,
@@ -657,10 +693,38 @@ static struct argv build_argv(struct vm *v, int agent_port)
 		ADD("virtio-rng-device,rng=rng0");
 	}
 #undef RNG_IF_SLOT5
+	if (tu && !tu->build) {
+		ADD("-incoming");
+		ADD("fd:4");
+	}
 	return a;
 }
 
 #undef ADD
+
+char **vm_tpl_argv(const char *id, int memory_mib, int smp, const struct vm_tpl_use *tu)
+{
+	struct vm *v = calloc(1, sizeof(*v));
+	if (!v)
+		abort();
+	snprintf(v->id, sizeof(v->id), "%s", id);
+	v->spec = json_pack("{s:s,s:b,s:i,s:i,s:[],s:[],s:[{s:s}]}", "kernel", "custom", "acpi", 0,
+	                    "vcpus", smp, "memory_mib", memory_mib, "disks", "shares", "nics",
+	                    "type", "user");
+	if (!v->spec)
+		abort();
+	struct argv a = build_argv(v, 0, tu);
+	json_decref(v->spec);
+	free(v);
+	return a.v;
+}
+
+void vm_argv_free(char **argv)
+{
+	for (size_t i = 0; argv && argv[i]; i++)
+		free(argv[i]);
+	free(argv);
+}
 
 /* The boot config (guest/PROTOCOL.md "Boot config"): new reference. Holds the token. */
 static json_t *boot_config(const struct vm *v)
@@ -701,8 +765,7 @@ static int watch_pid(struct vm *v, mb_err *err)
 	return 0;
 }
 
-/* A listening unix socket at path, with an fd >= 10 (it becomes QEMU's fd 3). */
-static int qmp_listen(const char *path, mb_err *err)
+int vm_qmp_listen(const char *path, mb_err *err)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	if (strlen(path) >= sizeof(sa.sun_path))
@@ -728,9 +791,8 @@ static int qmp_listen(const char *path, mb_err *err)
 
 extern char **environ;
 
-static pid_t spawn_qemu(struct vm *v, struct argv *a, int qmp_fd, mb_err *err)
+pid_t vm_spawn_qemu(const char *log, char *const argv[], int qmp_fd, int snap_fd, mb_err *err)
 {
-	char *log = vm_path(v, "qemu.log");
 	posix_spawn_file_actions_t fa;
 	posix_spawnattr_t at;
 	posix_spawn_file_actions_init(&fa);
@@ -739,7 +801,9 @@ static pid_t spawn_qemu(struct vm *v, struct argv *a, int qmp_fd, mb_err *err)
 	posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0600);
 	posix_spawn_file_actions_adddup2(&fa, 1, 2);
 	posix_spawn_file_actions_adddup2(&fa, qmp_fd, 3);
-	posix_spawn_file_actions_addclosefrom_np(&fa, 4);
+	if (snap_fd >= 0)
+		posix_spawn_file_actions_adddup2(&fa, snap_fd, 4);
+	posix_spawn_file_actions_addclosefrom_np(&fa, snap_fd >= 0 ? 5 : 4);
 	sigset_t none, all;
 	sigemptyset(&none);
 	sigfillset(&all);
@@ -748,12 +812,11 @@ static pid_t spawn_qemu(struct vm *v, struct argv *a, int qmp_fd, mb_err *err)
 	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK |
 	                                  POSIX_SPAWN_SETSIGDEF);
 	pid_t pid = 0;
-	int rc = posix_spawnp(&pid, a->v[0], &fa, &at, a->v, environ);
+	int rc = posix_spawnp(&pid, argv[0], &fa, &at, argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&at);
-	free(log);
 	if (rc != 0) {
-		mb_err_set(err, -rc, "cannot run %s: %s", a->v[0], strerror(rc));
+		mb_err_set(err, -rc, "cannot run %s: %s", argv[0], strerror(rc));
 		return -rc;
 	}
 	return pid;
@@ -798,7 +861,8 @@ static void release_runtime(struct vm *v, bool remove_files)
 		G.host->hold(G.self, -1);
 	}
 	if (remove_files) {
-		static const char *const files[] = { "qmp.sock", "qemu.pid", "initrd" };
+		static const char *const files[] = { "qmp.sock", "qemu.pid", "initrd",
+			                             "config.img" };
 		for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
 			char *p = vm_run_path(v, files[i]);
 			unlink(p);
@@ -863,6 +927,11 @@ static void on_exit_status(struct vm *v, int code, int sig)
 			                      tail && *tail ? "\n--- console tail ---\n" : "",
 			                      tail ? tail : "");
 			v->fail_code = -EIO;
+			/* the saved state does not load (not: a bad disk of this VM) */
+			if (v->tpl_key && qt &&
+			    (strstr(qt, "migration") || strstr(qt, "loading state") ||
+			     strstr(qt, "section")))
+				vm_tpl_broken(v->tpl_key, v->fail_msg);
 			free(tail);
 			free(qt);
 		}
@@ -993,12 +1062,16 @@ static void start_running(struct vm *v)
 	v->started = vm_now();
 	set_error(v, NULL);
 	vdb_update(v);
-	char *p = vm_run_path(v, "initrd"); /* holds the token: not needed any more */
-	unlink(p);
-	free(p);
+	static const char *const secret[] = { "initrd", "config.img" }; /* not needed any more */
+	for (size_t i = 0; i < 2; i++) {
+		char *p = vm_run_path(v, secret[i]);
+		unlink(p);
+		free(p);
+	}
 	json_t *d = ev_data(v);
 	json_object_set_new(d, "pid", json_integer(v->pid));
 	json_object_set_new(d, "accel", json_string(v->accel));
+	json_object_set_new(d, "template", v->tpl_key ? json_string(v->tpl_key) : json_null());
 	vm_emit("vm.started", d);
 	finish_waiters(v, M(LW_START), 0, NULL);
 }
@@ -1162,6 +1235,30 @@ static void cont_done(void *ud, json_t *ret, const char *error)
 		return;
 	}
 	vm_log(MB_LOG_DEBUG, "vm %s: running (cont)", v->id);
+	if (v->tpl_key) {
+		/* written now, not before the spawn: the clock it carries is read within ms */
+		mb_err err = { 0 };
+		json_t *cfg = boot_config(v);
+		char seed[65];
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		json_object_set_new(cfg, "clock",
+		                    json_pack("{s:I,s:I}", "sec", (json_int_t)ts.tv_sec, "nsec",
+		                              (json_int_t)ts.tv_nsec));
+		int rc = vm_random_hex(seed, 32, &err);
+		if (rc == 0) {
+			json_object_set_new(cfg, "seed", json_string(seed));
+			char *path = vm_run_path(v, "config.img");
+			rc = vm_tpl_write_config(path, cfg, &err);
+			free(path);
+		}
+		explicit_bzero(seed, sizeof(seed));
+		json_decref(cfg);
+		if (rc < 0) {
+			fail_start(v, rc, err.msg);
+			return;
+		}
+	}
 	console_watch_start(v);
 }
 
@@ -1222,8 +1319,10 @@ static void start_timeout(void *ud)
 	struct vm *v = ud;
 	v->timer = NULL;
 	char m[200];
-	snprintf(m, sizeof(m), "the guest agent did not answer within %d s",
-	         v->start_timeout_ms / 1000);
+	snprintf(m, sizeof(m), "the guest agent did not answer within %d s%s",
+	         v->start_timeout_ms / 1000, v->tpl_key ? " (restored from a template)" : "");
+	if (v->tpl_key)
+		vm_tpl_broken(v->tpl_key, m);
 	fail_start(v, -ETIMEDOUT, m);
 }
 
@@ -1231,6 +1330,7 @@ struct prep_job {
 	struct vm *v;
 	unsigned gen;
 	char *base, *initrd, *dir, *rdir;
+	char *cfgdisk; /* restoring a template: the config disk to create (empty), else NULL */
 	json_t *cfg;
 	bool cgroup;
 	double vcpus;
@@ -1265,6 +1365,17 @@ static void prep_work(void *ud)
 	rotate(j->dir, "qemu.log");
 	if (j->cgroup && (j->rc = cgroup_setup(j->id, j->vcpus, &j->err)) < 0)
 		return;
+	if (j->cfgdisk) {
+		/* empty now; the config is written once QEMU runs (cont_done) */
+		unlink(j->cfgdisk);
+		int fd = open(j->cfgdisk, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		if (fd < 0 || ftruncate(fd, MBP_CONFIG_DISK_SIZE) < 0)
+			j->rc = mb_err_set(&j->err, -errno, "creating %s: %s", j->cfgdisk,
+			                   strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
 	j->rc = vm_build_initrd(j->base, j->cfg, j->initrd, &j->err);
 }
 
@@ -1273,6 +1384,7 @@ static void prep_free(struct prep_job *j)
 {
 	free(j->base);
 	free(j->initrd);
+	free(j->cfgdisk);
 	free(j->dir);
 	free(j->rdir);
 	json_decref(j->cfg);
@@ -1280,6 +1392,7 @@ static void prep_free(struct prep_job *j)
 }
 
 static void do_spawn(struct vm *v);
+static void start_now(struct vm *v);
 
 static void prep_done(void *ud)
 {
@@ -1298,9 +1411,12 @@ static void prep_done(void *ud)
 		else
 			do_spawn(v);
 	} else {
-		char *p = vm_run_path(v, "initrd"); /* holds the token */
-		unlink(p);
-		free(p);
+		static const char *const secret[] = { "initrd", "config.img" }; /* the token */
+		for (size_t i = 0; i < 2; i++) {
+			char *p = vm_run_path(v, secret[i]);
+			unlink(p);
+			free(p);
+		}
 		if (v->pidfd < 0 && (v->state == VS_STARTING || v->state == VS_STOPPING))
 			on_exit_status(v, -1, 0); /* stopped or killed before QEMU existed */
 	}
@@ -1325,16 +1441,49 @@ static void do_spawn(struct vm *v)
 		snprintf(v->agent_addr, sizeof(v->agent_addr), "tcp://%s:%d", ip, MBP_DEFAULT_PORT);
 	}
 	char *sock = vm_run_path(v, "qmp.sock");
-	int qfd = qmp_listen(sock, &err);
+	int qfd = vm_qmp_listen(sock, &err);
 	if (qfd < 0) {
 		free(sock);
 		fail_start(v, qfd, err.msg);
 		return;
 	}
-	struct argv a = build_argv(v, port);
-	pid_t pid = spawn_qemu(v, &a, qfd, &err);
+	struct vm_tpl_use tu = { 0 };
+	int snap = -1;
+	char *cfgdisk = NULL, *snapshot = NULL;
+	if (v->tpl_key) {
+		const struct vm_tpl *t = vm_tpl_for(v);
+		if (t && strcmp(vm_tpl_key(t), v->tpl_key) == 0) {
+			tu.dir = vm_tpl_dir(t);
+			tu.config = cfgdisk = vm_run_path(v, "config.img");
+			snapshot = vm_strf("%s/snapshot", tu.dir);
+			int fd = open(snapshot, O_RDONLY | O_CLOEXEC);
+			snap = fd < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 10);
+			if (fd >= 0)
+				close(fd);
+		}
+		if (snap < 0) {
+			/* the template went away since the start began: boot after all */
+			free(v->tpl_key);
+			v->tpl_key = NULL;
+			free(cfgdisk);
+			free(snapshot);
+			close(qfd);
+			free(sock);
+			stop_timer(v);
+			start_now(v);
+			return;
+		}
+	}
+	struct argv a = build_argv(v, port, v->tpl_key ? &tu : NULL);
+	char *log = vm_path(v, "qemu.log");
+	pid_t pid = vm_spawn_qemu(log, a.v, qfd, snap, &err);
+	free(log);
 	av_free(&a);
 	close(qfd);
+	if (snap >= 0)
+		close(snap);
+	free(cfgdisk);
+	free(snapshot);
 	if (pid < 0) {
 		free(sock);
 		fail_start(v, pid, err.msg);
@@ -1383,6 +1532,13 @@ static void start_now(struct vm *v)
 	else
 		j->base = vm_strf("%s/initramfs.cpio.gz", G.guest_dir);
 	j->initrd = vm_run_path(v, "initrd");
+	free(v->tpl_key);
+	v->tpl_key = NULL;
+	const struct vm_tpl *t = v->boot_token ? NULL : vm_tpl_for(v);
+	if (t) {
+		v->tpl_key = strdup(vm_tpl_key(t));
+		j->cfgdisk = vm_run_path(v, "config.img");
+	}
 	j->dir = vm_dir(v);
 	j->rdir = vm_run_dir(v);
 	j->cfg = boot_config(v);

@@ -112,6 +112,45 @@ int vm_build_initrd(const char *base, const json_t *cfg, const char *out, mb_err
 /* A free TCP port on 127.0.0.1 (bind to 0, read, close): racy by nature, callers retry. */
 int vm_free_port(void);
 
+/* ---- template.c: saved guests restored instead of booted ---------------------------------- */
+
+#define VM_TPL_DISKS 5 /* disk slots of a template besides its config disk */
+
+/* How build_argv() lays out a template's devices (vm.c). Borrowed strings. */
+struct vm_tpl_use {
+	const char *dir;    /* the template's directory: initrd, empty.img, slotN.img */
+	const char *config; /* the config disk image */
+	bool build;         /* building the template (else: restoring it, -incoming fd:4) */
+};
+
+struct vm_tpl; /* opaque outside template.c */
+
+void vm_tpl_init(void); /* reads MOONBOX_VM_TEMPLATES */
+void vm_tpl_fini(void); /* kills a build's QEMU, joins its thread, frees everything */
+/* The ready template for v's machine shape, or NULL (v does not fit one, templates are
+ * off, or it is not built yet: then its build starts in the background). Loop thread. */
+const struct vm_tpl *vm_tpl_for(const struct vm *v);
+const char *vm_tpl_key(const struct vm_tpl *t);
+const char *vm_tpl_dir(const struct vm_tpl *t);
+/* A restore from the template `key` failed: it is not used again (until a restart). */
+void vm_tpl_broken(const char *key, const char *why);
+/* The templates as the API shows them: new reference (array). */
+json_t *vm_tpl_list(void);
+/* Put the boot config (borrowed) on a config disk image at path, already
+ * MBP_CONFIG_DISK_SIZE bytes: the body first, the magic last. 0 or negative errno. */
+int vm_tpl_write_config(const char *path, const json_t *cfg, mb_err *err);
+
+/* vm.c helpers template.c shares. */
+/* A listening unix socket at path (mode 0600), with an fd >= 10 (QEMU's fd 3). */
+int vm_qmp_listen(const char *path, mb_err *err);
+/* posix_spawn QEMU in its own session with default signals, stdio to log (appended),
+ * qmp_fd as fd 3, snap_fd (if >= 0) as fd 4, nothing else. pid or negative errno. */
+pid_t vm_spawn_qemu(const char *log, char *const argv[], int qmp_fd, int snap_fd, mb_err *err);
+/* The QEMU command line for building the template of a machine shape (owned strings,
+ * NULL-terminated; free with vm_argv_free). `id`: the template's pseudo VM id. */
+char **vm_tpl_argv(const char *id, int memory_mib, int smp, const struct vm_tpl_use *tu);
+void vm_argv_free(char **argv);
+
 /* ---- spec.c: validation ------------------------------------------------------------------- */
 
 /* Validate a create spec (borrowed) and return the normalised spec (new reference) with
@@ -280,6 +319,7 @@ struct vm {
 	int64_t con_off;
 	char con_tail[64];
 	mb_timer *dial_timer;
+	char *tpl_key; /* this boot restores that template (owned), or NULL: a cold boot */
 };
 
 /* Paths (malloc'ed, caller frees). */

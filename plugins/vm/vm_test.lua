@@ -538,6 +538,77 @@ return {
     assert_gone(rec.id)
   end,
 
+  test_t_templates = function()
+    -- the default shape's template: built beside the first start of that shape (earlier
+    -- tests started several), restored by every later start
+    local function tpl(key)
+      for _, t in ipairs(vm.templates()) do
+        if t.memory_mib == 256 and t.vcpus == 1 and (not key or t.key == key) then return t end
+      end
+    end
+    local first = ok(vm.create(spec("tpl-first")))
+    ok(vm.start(first.id))
+    local t = wait_until("the template", function()
+      local x = tpl()
+      return x and x.state ~= "building" and x
+    end, 120)
+    eq(t.state, "ready", t.error)
+    ok(fs.exists(t.dir .. "/snapshot"), "the snapshot is on disk")
+    eq(fs.stat(t.dir .. "/snapshot").mode & 511, 384, "the snapshot is 0600")
+    ok(vm.kill(first.id)); ok(vm.remove(first.id))
+    -- two VMs restored from it are two different machines
+    local seen = {}
+    for i = 1, 2 do
+      local rec = ok(vm.create(spec("tpl-" .. i, { hostname = "restored-" .. i })))
+      local before = os.time()
+      local r = ok(vm.start(rec.id))
+      eq(r.template, t.key, "restored from the template")
+      main_loop(rec.id)
+      local o = ok(vm.command(rec.id, { "sh", "-c",
+        "cat /sys/class/net/eth0/address; hostname; date +%s; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo;" ..
+        " cat /etc/os-release 2>/dev/null | head -1; ls /; echo hi > /tmp/x; cat /tmp/x" }))
+      eq(o.exit_code, 0, o.stderr)
+      local mac, host, date, rnd = o.stdout:match("^(%S+)\n(%S+)\n(%d+)\n(%x+)\n")
+      eq(mac, r.spec.nics[1].mac, "the VM's MAC, not the template's")
+      eq(host, "restored-" .. i)
+      ok(math.abs(tonumber(date) - before) <= 5, "the guest clock is the host's: " .. date .. " vs " .. before)
+      ok(not seen[rnd], "the RNG differs between restored VMs")
+      seen[rnd] = true
+      ok(o.stdout:find("\nbin\n", 1, true), "the VM's own root file system: " .. o.stdout)
+      ok(o.stdout:find("hi\n", 1, true), "its writable layer works")
+      local con = vm.console(rec.id)
+      ok(con:find("template: restored as restored-" .. i, 1, true), con)
+      -- a second boot of the same VM is restored again
+      ok(vm.stop(rec.id, { timeout = 1 }))
+      r = ok(vm.start(rec.id))
+      eq(r.template, t.key)
+      eq(r.boots, 2)
+      ok(not fs.exists(RUN .. "/vms/" .. rec.id .. "/config.img"), "the config disk (token) is gone once up")
+      ok(vm.kill(rec.id)); ok(vm.remove(rec.id))
+      assert_gone(rec.id)
+    end
+    -- VMs that do not fit the layout boot as before
+    local odd = ok(vm.create(spec("tpl-odd", { cmdline_extra = "loglevel=4" })))
+    local r = ok(vm.start(odd.id))
+    eq(r.template, json.null)
+    ok(vm.kill(odd.id)); ok(vm.remove(odd.id))
+    -- a snapshot that does not load: that start fails clearly, the template is not used
+    -- again, the next start boots
+    local snap = t.dir .. "/snapshot"
+    sh("truncate -s 4096 '" .. snap .. "'")
+    local bad = ok(vm.create(spec("tpl-bad")))
+    local got, msg = vm.start(bad.id)
+    eq(got, nil, "a broken snapshot fails the start")
+    ok(msg and msg:find("QEMU", 1, true), msg)
+    eq(tpl(t.key).state, "broken")
+    ok(tpl(t.key).error:find("restore failed", 1, true), tpl(t.key).error)
+    eq(#qemus(bad.id), 0, "no QEMU left by the failed restore")
+    r = ok(vm.start(bad.id))
+    eq(r.template, json.null, "booted instead")
+    ok(vm.kill(bad.id)); ok(vm.remove(bad.id))
+    assert_gone(bad.id)
+  end,
+
   test_z_nothing_left = function()
     eq(#vm.list(), 0)
     eq(#qemus(), 0)
