@@ -13,6 +13,15 @@ local function acceleration()
   return { available = json.array(), selected = json.null, reason = "vm plugin not loaded" }
 end
 
+-- the vm plugin's saved guests (plugins/vm/README.md "Templates"), empty without it
+local function templates()
+  if vm and vm.templates then
+    local ok, t = pcall(vm.templates)
+    if ok then return t end
+  end
+  return json.array()
+end
+
 api.route("GET", "/v1/system/info", function()
   local stats = moonbox.stats()
   local routes = api.routes()
@@ -27,6 +36,7 @@ api.route("GET", "/v1/system/info", function()
     state_dir = moonbox.config("state_dir"),
     plugins = plugins.list(),
     acceleration = acceleration(),
+    templates = templates(),
     scripts = { generation = stats.generation, routes = #routes },
     counts = {
       tasks = stats.tasks,
@@ -92,6 +102,10 @@ apidoc.schema("SystemInfo", { type = "object", properties = {
   plugins = { type = "array", items = { ["$ref"] = "#/components/schemas/Plugin" } },
   acceleration = { type = "object", properties = { selected = { type = "string" },
     available = { type = "array", items = { type = "string" } }, reason = { type = "string" } } },
+  templates = { type = "array", description = "saved guests VM starts restore (one per machine shape)",
+    items = { type = "object", properties = { key = { type = "string" }, memory_mib = { type = "integer" },
+      vcpus = { type = "integer" }, state = { type = "string", enum = { "building", "ready", "broken" } },
+      created = { type = "number" }, error = { type = "string" }, dir = { type = "string" } } } },
   counts = { type = "object" } } })
 apidoc.add("GET", "/v1/health", { summary = "Liveness", tags = { "system" } })
 apidoc.add("GET", "/v1/system/info", { summary = "Versions, plugins, acceleration, counts", tags = { "system" },

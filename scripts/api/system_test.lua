@@ -17,6 +17,7 @@ return {
     eq(info.plugin_abi, moonbox.abi)
     ok(json.is_array(info.plugins))
     ok(info.acceleration, "acceleration reported")
+    ok(json.is_array(info.templates), "templates listed (empty without VMs)")
     ok(info.scripts.routes >= 5)
     ok(info.counts.tasks >= 1)
   end,
