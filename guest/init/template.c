@@ -144,7 +144,7 @@ static int reprobe(const char *cfgdev, mbp_err *err)
 		if (de->d_name[0] == '.' || nl >= sizeof(rb[0].name))
 			continue;
 		char p[300], link[300];
-		snprintf(p, sizeof(p), "%s/%s/driver", base, de->d_name);
+		snprintf(p, sizeof(p), "%s/%.31s/driver", base, de->d_name);
 		ssize_t l = readlink(p, link, sizeof(link) - 1);
 		if (l < 0)
 			continue;
@@ -154,11 +154,11 @@ static int reprobe(const char *cfgdev, mbp_err *err)
 		if (strlen(drv) >= sizeof(rb[0].drv))
 			continue;
 		if (strcmp(drv, "virtio_blk") == 0) {
-			snprintf(p, sizeof(p), "%s/%s/block/%s", base, de->d_name, cfgdev);
+			snprintf(p, sizeof(p), "%s/%.31s/block/%.31s", base, de->d_name, cfgdev);
 			if (access(p, F_OK) == 0)
 				continue; /* the config disk */
 			char bp[200], serial[64] = "";
-			snprintf(bp, sizeof(bp), "%s/%s/block", base, de->d_name);
+			snprintf(bp, sizeof(bp), "%s/%.31s/block", base, de->d_name);
 			DIR *bd = opendir(bp);
 			struct dirent *be;
 			while (bd && (be = readdir(bd))) {
