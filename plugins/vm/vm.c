@@ -1053,6 +1053,18 @@ static void qmp_event_cb(void *ud, const char *name, json_t *data);
 static void qmp_closed_cb(void *ud);
 static const struct qmp_ops qops = { qmp_ready_cb, qmp_event_cb, qmp_closed_cb };
 
+/* The initramfs and the config disk carry the agent token: delete them
+ * once the guest has read them (or will never read them). */
+static void remove_secrets(struct vm *v)
+{
+	static const char *const secret[] = { "initrd", "config.img" };
+	for (size_t i = 0; i < 2; i++) {
+		char *p = vm_run_path(v, secret[i]);
+		unlink(p);
+		free(p);
+	}
+}
+
 static void start_running(struct vm *v)
 {
 	vm_log(MB_LOG_DEBUG, "vm %s: agent authenticated", v->id);
@@ -1062,12 +1074,7 @@ static void start_running(struct vm *v)
 	v->started = vm_now();
 	set_error(v, NULL);
 	vdb_update(v);
-	static const char *const secret[] = { "initrd", "config.img" }; /* not needed any more */
-	for (size_t i = 0; i < 2; i++) {
-		char *p = vm_run_path(v, secret[i]);
-		unlink(p);
-		free(p);
-	}
+	remove_secrets(v); /* not needed any more */
 	json_t *d = ev_data(v);
 	json_object_set_new(d, "pid", json_integer(v->pid));
 	json_object_set_new(d, "accel", json_string(v->accel));
@@ -1411,12 +1418,7 @@ static void prep_done(void *ud)
 		else
 			do_spawn(v);
 	} else {
-		static const char *const secret[] = { "initrd", "config.img" }; /* the token */
-		for (size_t i = 0; i < 2; i++) {
-			char *p = vm_run_path(v, secret[i]);
-			unlink(p);
-			free(p);
-		}
+		remove_secrets(v);
 		if (v->pidfd < 0 && (v->state == VS_STARTING || v->state == VS_STOPPING))
 			on_exit_status(v, -1, 0); /* stopped or killed before QEMU existed */
 	}
