@@ -415,8 +415,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 				return queue_error(c, 503, "shutting_down",
 				                   "the daemon is shutting down");
 			char msg[128];
-			snprintf(msg, sizeof(msg), "request body larger than %zu bytes",
-			         H.body_limit);
+			snprintf(msg, sizeof(msg), "request body larger than %llu bytes",
+			         (unsigned long long)limit);
 			return queue_error(c, 413, "too_large", msg);
 		}
 		return MHD_YES;
@@ -461,8 +461,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		if (r->too_large) {
 			char msg[128];
 			r->state = H_SENT;
-			snprintf(msg, sizeof(msg), "request body larger than %zu bytes",
-			         H.body_limit);
+			snprintf(
+			    msg, sizeof(msg), "request body larger than %llu bytes",
+			    (unsigned long long)(r->body_path ? H.upload_limit : H.body_limit));
 			return queue_error(c, 413, "too_large", msg);
 		}
 		r->state = H_RUNNING;
