@@ -1,6 +1,8 @@
 /*
  * Lua module `fs` (the io library is not available to scripts):
  *   fs.read(path [, max_bytes])        -> string | nil, msg, code
+ *   fs.read_at(path, offset, len)      -> string (up to len bytes from offset; shorter at
+ *                                         the end of the file, "" past it; len <= 16 MiB)
  *   fs.write(path, data [, {mode=0644}]) -> true  (atomic: temp file + fsync + rename)
  *   fs.append(path, data)              -> true
  *   fs.exists(path)                    -> boolean
@@ -25,6 +27,7 @@
 #include <stdio.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "bindings.h"
 #include "task.h"
@@ -48,6 +51,38 @@ static int l_read(lua_State *L)
 		                 r == -EFBIG ? "file too large" : strerror(-r));
 	lua_pushlstring(L, data, len);
 	free(data);
+	return 1;
+}
+
+/* A range of a file, for reading large files (uploads, archives) piece by piece. */
+static int l_read_at(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	lua_Integer off = luaL_checkinteger(L, 2);
+	lua_Integer want = luaL_checkinteger(L, 3);
+	luaL_argcheck(L, off >= 0, 2, "offset must be >= 0");
+	luaL_argcheck(L, want >= 0 && want <= (16 << 20), 3, "len must be 0..16 MiB");
+	luaL_Buffer b; /* first: it may raise, and nothing is open yet */
+	char *dst = luaL_buffinitsize(L, &b, (size_t)want);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return fail_errno(L, "read", path);
+	size_t got = 0;
+	while (got < (size_t)want) {
+		ssize_t n = pread(fd, dst + got, (size_t)want - got, (off_t)off + (off_t)got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			int e = errno;
+			close(fd);
+			return lua_failf(L, -e, "read %s: %s", path, strerror(e));
+		}
+		if (n == 0)
+			break;
+		got += (size_t)n;
+	}
+	close(fd);
+	luaL_pushresultsize(&b, got);
 	return 1;
 }
 
@@ -383,11 +418,14 @@ static int l_copy(lua_State *L)
 }
 
 static const luaL_Reg funcs[] = {
-	{ "read", l_read },       { "write", l_write },       { "append", l_append },
-	{ "exists", l_exists },   { "stat", l_stat },         { "mkdir", l_mkdir },
-	{ "remove", l_remove },   { "rename", l_rename },     { "list", l_list },
-	{ "rmtree", l_rmtree },   { "copy", l_copy },         { "truncate", l_truncate },
-	{ "symlink", l_symlink }, { "readlink", l_readlink }, { NULL, NULL },
+	{ "read", l_read },         { "read_at", l_read_at },
+	{ "write", l_write },       { "append", l_append },
+	{ "exists", l_exists },     { "stat", l_stat },
+	{ "mkdir", l_mkdir },       { "remove", l_remove },
+	{ "rename", l_rename },     { "list", l_list },
+	{ "rmtree", l_rmtree },     { "copy", l_copy },
+	{ "truncate", l_truncate }, { "symlink", l_symlink },
+	{ "readlink", l_readlink }, { NULL, NULL },
 };
 
 int luaopen_mb_fs(lua_State *L)

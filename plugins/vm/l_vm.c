@@ -1138,7 +1138,7 @@ static int l_fs_read(lua_State *L)
 static json_t *fswrite_req(struct gop *g)
 {
 	json_t *r = json_pack("{s:s,s:s,s:I}", "op", MBP_OP_FS_WRITE, "path", g->path, "offset",
-	                      (json_int_t)g->pos);
+	                      (json_int_t)(g->off + (int64_t)g->pos));
 	json_object_update(r, g->opts);
 	return r;
 }
@@ -1166,13 +1166,17 @@ static void fswrite_done(void *ud, int rc, const json_t *rep, const uint8_t *p, 
 		gop_fail_err(g, e.code, &e);
 }
 
-/* ⏳ vm.fs_write(id, path, data [, {mode=, uid=, gid=}]) -> true   [-4, +1|3, e] */
+/* ⏳ vm.fs_write(id, path, data [, {mode=, uid=, gid=, offset=}]) -> true   [-4, +1|3, e]
+ * offset 0 (the default) creates or truncates the file; a later offset writes into an
+ * existing file there, so a large file can be sent piece by piece. */
 static int l_fs_write(lua_State *L)
 {
 	G.host->wait_check(L);
 	const char *path = check_path(L, 2);
 	size_t len;
 	const char *data = luaL_checklstring(L, 3, &len);
+	lua_Number off = opt_field_num(L, 4, "offset", 0);
+	luaL_argcheck(L, off >= 0, 4, "offset must be >= 0");
 	json_t *opts = json_object();
 	static const char *const keys[] = { "mode", "uid", "gid", NULL };
 	for (int i = 0; keys[i]; i++) {
@@ -1189,6 +1193,7 @@ static int l_fs_write(lua_State *L)
 	struct gop *g = gop_new(v, G_FSWRITE);
 	g->path = strdup(path);
 	g->opts = opts;
+	g->off = (int64_t)off;
 	g->data = malloc(len ? len : 1);
 	memcpy(g->data, data, len);
 	g->len = len;

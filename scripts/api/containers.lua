@@ -6,6 +6,8 @@ local runtime = require("runtime")
 local logs = require("logs")
 local tar = require("tar")
 
+local PIECE = 4 << 20 -- a file copied in from an uploaded archive goes to the guest in pieces
+
 -- Turn runtime's nil, msg, code, extra into an HTTP error.
 local function check(ok_, msg, code, extra)
   if ok_ == nil or ok_ == false then api.fail(msg or "failed", code or "internal", extra) end
@@ -516,10 +518,14 @@ api.route("PUT", "/v1/containers/{id}/archive", function(req)
     if st.type ~= "directory" and st.type ~= "dir" then
       api.error(400, "invalid", "path: " .. dest .. " is not a directory", { field = "path" })
     end
-    local data = req.body_path and fs.read(req.body_path, 1 << 30) or req.body
+    -- the core streams a large body to a file: read the archive from it piece by piece
+    local src, body = req.body, req.body_path
+    if body then
+      src = function(o, len) return check(fs.read_at(body, o, len)) end
+    end
     local n = 0
     local ok_, err = pcall(function()
-      for e in tar.entries(data) do
+      for e in tar.entries(src) do
         local rel = tar.safe_name(e.name)
         if not rel then error("unsafe name in the archive: " .. tostring(e.name), 0) end
         local target = (dest == "/" and "" or dest) .. "/" .. rel
@@ -528,7 +534,17 @@ api.route("PUT", "/v1/containers/{id}/archive", function(req)
         elseif e.type == "file" then
           local parent = target:match("^(.*)/[^/]+$")
           if parent and parent ~= "" then vm.fs_mkdir(vmid, parent, { parents = true }) end
-          check(vm.fs_write(vmid, target, e.data, { mode = e.mode }))
+          if e.data then
+            check(vm.fs_write(vmid, target, e.data, { mode = e.mode }))
+          else -- in pieces of at most PIECE bytes, never the whole file in memory
+            local off = 0
+            repeat
+              local piece = src(e.offset + off, math.min(PIECE, e.size - off))
+              if #piece == 0 and off < e.size then error("tar: truncated archive", 0) end
+              check(vm.fs_write(vmid, target, piece, { mode = e.mode, offset = off }))
+              off = off + #piece
+            until off >= e.size
+          end
           n = n + 1
         elseif e.type == "symlink" then
           check(vm.fs_symlink(vmid, target, e.link))

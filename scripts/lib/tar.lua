@@ -6,6 +6,10 @@
 --   tar.finish()   -> the end-of-archive marker
 --   tar.entries(data) -> iterator over {name=, type=, size=, mode=, link=, mtime=, data=}
 --     reading ustar, GNU long names (L/K) and PAX path/linkpath records.
+--   tar.entries(read) -> the same over an archive too large for memory: read(offset, len)
+--     returns up to len bytes from that offset of the archive (fewer at its end). Entries
+--     carry offset= (where their data starts in the archive) instead of data=; the caller
+--     reads the data itself. A truncated archive raises once the iterator reaches it.
 -- Names are checked by the caller (tar.safe_name) before anything is written.
 local M = {}
 
@@ -73,23 +77,40 @@ end
 local function str(s) return (s:gsub("%z.*", "")) end
 
 -- Iterate over the entries of a tar held in memory.
-function M.entries(data)
-  local pos = 1
+local META_MAX = 1 << 20 -- long names and PAX records are read into memory: bounded
+
+function M.entries(src)
+  local read = src
+  if type(src) == "string" then
+    read = function(o, n) return src:sub(o + 1, o + n) end
+  end
+  local whole = type(src) == "string"
+  local pos = 0 -- offset of the next header
   local long_name, long_link
+  local zero = string.rep("\0", BLOCK)
   return function()
-    while pos + BLOCK - 1 <= #data do
-      local h = data:sub(pos, pos + BLOCK - 1)
-      if h == string.rep("\0", BLOCK) then return nil end
+    while true do
+      local h = read(pos, BLOCK)
+      if #h < BLOCK or h == zero then return nil end
       local sum = 0
       for i = 1, BLOCK do
         sum = sum + ((i >= 149 and i <= 156) and 32 or h:byte(i))
       end
-      if sum ~= num(h:sub(149, 156)) then error("tar: bad header checksum at offset " .. (pos - 1), 0) end
+      if sum ~= num(h:sub(149, 156)) then error("tar: bad header checksum at offset " .. pos, 0) end
       local size = num(h:sub(125, 136))
       local typeflag = h:sub(157, 157)
-      local body = data:sub(pos + BLOCK, pos + BLOCK + size - 1)
-      if #body < size then error("tar: truncated archive", 0) end
-      pos = pos + BLOCK + size + #M.pad(size)
+      local at = pos + BLOCK
+      local meta = typeflag == "L" or typeflag == "K" or typeflag == "x" or typeflag == "g"
+      local body
+      if whole or meta then
+        if meta and size > META_MAX then error("tar: a metadata record of " .. size .. " bytes", 0) end
+        body = read(at, size)
+        if #body < size then error("tar: truncated archive", 0) end
+      else
+        -- the data stays in the archive; its last byte must be there
+        if size > 0 and #read(at + size - 1, 1) < 1 then error("tar: truncated archive", 0) end
+      end
+      pos = at + size + #M.pad(size)
       if typeflag == "L" then
         long_name = str(body)
       elseif typeflag == "K" then
@@ -112,13 +133,12 @@ function M.entries(data)
           type = (typeflag == "0" or typeflag == "\0" or typeflag == "7") and "file"
             or typeflag == "5" and "dir" or typeflag == "2" and "symlink" or typeflag == "1" and "hardlink"
             or "other",
-          data = body,
+          data = body, offset = not whole and at or nil,
         }
         long_name, long_link = nil, nil
         return e
       end
     end
-    return nil
   end
 end
 

@@ -86,6 +86,15 @@ check "copy a directory out (tar)" bash -c "tar -tf '$TMP/out.tar' | grep -q 'ww
 post /v1/containers/web/exec -d '{"cmd":["sh","-c","head -c 3000000 /dev/urandom > /tmp/big; md5sum /tmp/big"]}' | body_of | jq -r .stdout | cut -d' ' -f1 > "$TMP/big.md5"
 curl -s --unix-socket "$D_SOCK" 'http://x/v1/containers/web/archive?path=/tmp/big' > "$TMP/big.tar"
 expect_eq "copy a 3 MB file out (read in chunks), intact" "$(tar -xOf "$TMP/big.tar" big | md5sum | cut -d' ' -f1)" "$(cat "$TMP/big.md5")"
+# copy in: a 9 MB file in a new directory goes to the guest in pieces, never whole in memory
+mkdir -p "$TMP/in3/deep/er" && head -c 9000000 /dev/urandom > "$TMP/in3/deep/er/big.bin"
+tar -C "$TMP/in3" -cf "$TMP/in3.tar" deep
+expect_eq "copy a 9 MB file in (tar, in pieces)" "$(api PUT '/v1/containers/web/archive?path=/tmp' --data-binary @"$TMP/in3.tar" | body_of | jq -r .written)" 1
+expect_eq "the 9 MB file arrived intact" "$(post /v1/containers/web/exec -d '{"cmd":["md5sum","/tmp/deep/er/big.bin"]}' | body_of | jq -r .stdout | cut -d' ' -f1)" "$(md5sum < "$TMP/in3/deep/er/big.bin" | cut -d' ' -f1)"
+head -c 5000000 "$TMP/in3.tar" > "$TMP/cut.tar"
+out=$(api PUT '/v1/containers/web/archive?path=/tmp' --data-binary @"$TMP/cut.tar")
+expect_eq "a truncated archive is refused (400)" "$(status_of <<<"$out")" 400
+check "the error says it is truncated" grep -q truncated <<<"$(body_of <<<"$out")"
 out=$(post "/v1/containers/web/stop?timeout=1")
 expect_eq "stop" "$(body_of <<<"$out" | jq -r .state)" stopped
 check "the port is closed while stopped" bash -c "! curl -s -m 2 http://127.0.0.1:$PORT1/ >/dev/null"
