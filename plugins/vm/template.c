@@ -44,11 +44,12 @@
 #include "mbp_proto.h"
 #include "mbp_sha256.h"
 
-#define TPL_FORMAT     "1" /* bump when the layout or the guest's template mode changes */
-#define TPL_BOOT_MS    60000
-#define TPL_MIGRATE_MS 60000
-#define TPL_QUIT_MS    5000
-#define TPL_PREFIX     "_tpl-" /* not a valid VM id: no clash with VM directories */
+#define TPL_FORMAT      "1" /* bump when the layout or the guest's template mode changes */
+#define TPL_BOOT_MS     60000
+#define TPL_MIGRATE_MS  60000
+#define TPL_QUIT_MS     5000
+#define TPL_PREFIX      "_tpl-" /* not a valid VM id: no clash with VM directories */
+#define TPL_MAX_DEFAULT 8 /* machine shapes with a template: each costs a file of ~25-40 MiB */
 
 enum tpl_state { TPL_BUILDING, TPL_READY, TPL_BROKEN };
 
@@ -69,6 +70,7 @@ struct vm_tpl {
 
 static struct {
 	bool enabled;
+	int max; /* templates built per base key (MOONBOX_VM_TEMPLATES_MAX) */
 	struct vm_tpl *list;
 } T;
 
@@ -87,6 +89,17 @@ void vm_tpl_init(void)
 {
 	const char *e = getenv("MOONBOX_VM_TEMPLATES");
 	T.enabled = !(e && (strcmp(e, "0") == 0 || strcmp(e, "off") == 0 || strcmp(e, "no") == 0));
+	T.max = TPL_MAX_DEFAULT;
+	const char *m = getenv("MOONBOX_VM_TEMPLATES_MAX");
+	if (m && *m) {
+		char *end;
+		long n = strtol(m, &end, 10);
+		if (*end || n < 0 || n > 1000)
+			vm_log(MB_LOG_WARN, "MOONBOX_VM_TEMPLATES_MAX=%s: not 0..1000, using %d", m,
+			       TPL_MAX_DEFAULT);
+		else
+			T.max = (int)n;
+	}
 	T.list = NULL;
 }
 
@@ -542,6 +555,22 @@ const struct vm_tpl *vm_tpl_for(const struct vm *v)
 	snprintf(key, sizeof(key), "%s-%dm-%dc", base, mem, smp);
 	struct vm_tpl *t = find(key);
 	if (!t) {
+		char *snap = vm_strf("%s/" TPL_PREFIX "%s/snapshot", G.state_dir, key);
+		struct stat st;
+		bool saved = stat(snap, &st) == 0; /* by an earlier daemon */
+		free(snap);
+		/* A new build only when none is running (a build is a second boot on the
+		 * host's CPUs; another shape's next start builds its own) and below the cap. */
+		if (!saved) {
+			int live = 0;
+			for (struct vm_tpl *o = T.list; o; o = o->next) {
+				if (o->state == TPL_BUILDING)
+					return NULL;
+				live += o->state == TPL_READY;
+			}
+			if (live >= T.max)
+				return NULL;
+		}
 		t = calloc(1, sizeof(*t));
 		if (!t)
 			abort();
@@ -551,15 +580,12 @@ const struct vm_tpl *vm_tpl_for(const struct vm *v)
 		t->dir = vm_strf("%s/" TPL_PREFIX "%s", G.state_dir, key);
 		t->next = T.list;
 		T.list = t;
-		char *snap = vm_strf("%s/snapshot", t->dir);
-		struct stat st;
-		if (stat(snap, &st) == 0) { /* saved by an earlier daemon */
+		if (saved) {
 			t->state = TPL_READY;
 			t->created = (double)st.st_mtime;
 		} else {
 			start_build(t);
 		}
-		free(snap);
 	}
 	return t->state == TPL_READY ? t : NULL;
 }

@@ -587,6 +587,39 @@ return {
       ok(vm.kill(rec.id)); ok(vm.remove(rec.id))
       assert_gone(rec.id)
     end
+    -- one build at a time, at most MOONBOX_VM_TEMPLATES_MAX (2, from lua.sh) templates
+    local function shape(mem)
+      for _, x in ipairs(vm.templates()) do
+        if x.memory_mib == mem then return x end
+      end
+    end
+    local ready = 0
+    for _, x in ipairs(vm.templates()) do ready = ready + (x.state == "ready" and 1 or 0) end
+    eq(ready, 1, "only the default shape has a template so far")
+    local a_ = ok(vm.create(spec("tpl-a", { memory_mib = 320 })))
+    local b_ = ok(vm.create(spec("tpl-b", { memory_mib = 384 })))
+    -- A's start (in a task) begins the 320 MiB build; B starts while it runs (a build is
+    -- a whole boot, so it is still running 0.1 s after it began)
+    task.spawn(function() return vm.start(a_.id) end)
+    wait_until("the 320 MiB build", function() return shape(320) end, 30)
+    eq(shape(320).state, "building", "a new shape builds its template beside its start")
+    eq(ok(vm.start(b_.id)).template, json.null)
+    eq(shape(384), nil, "no second build while one runs")
+    wait_until("A to run", function() return vm.get(a_.id).state == "running" end, 120)
+    eq(vm.get(a_.id).template, json.null, "a new shape's first start boots")
+    local ta = wait_until("the 320 MiB template", function()
+      local x = shape(320)
+      return x.state ~= "building" and x
+    end, 120)
+    eq(ta.state, "ready", ta.error)
+    ok(vm.stop(b_.id, { timeout = 1 }))
+    eq(ok(vm.start(b_.id)).template, json.null)
+    eq(shape(384), nil, "no template past the cap")
+    ok(vm.stop(a_.id, { timeout = 1 }))
+    eq(ok(vm.start(a_.id)).template, ta.key, "the new shape's template restores")
+    for _, x in ipairs({ a_, b_ }) do
+      ok(vm.kill(x.id)); ok(vm.remove(x.id)); assert_gone(x.id)
+    end
     -- VMs that do not fit the layout boot as before
     local odd = ok(vm.create(spec("tpl-odd", { cmdline_extra = "loglevel=4" })))
     local r = ok(vm.start(odd.id))

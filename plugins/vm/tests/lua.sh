@@ -24,7 +24,7 @@ trap 'exit 130' INT TERM HUP
 "$here/mkrootfs.sh" "$tmp/assets" >/dev/null
 mkdir -p "$tmp/state"
 rc=0
-VM_TEST_ASSETS="$tmp/assets" VM_TEST_AGENTCTL="$GUEST/mb-agentctl" \
+MOONBOX_VM_TEMPLATES_MAX=2 VM_TEST_ASSETS="$tmp/assets" VM_TEST_AGENTCTL="$GUEST/mb-agentctl" \
 	"$MB" test --timeout 900 --state-dir "$tmp/state" --guest-dir "$GUEST" \
 	--socket "$tmp/mb.sock" "$TEST" || rc=$?
 left=0
