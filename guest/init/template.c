@@ -53,17 +53,6 @@ static int read_direct(int fd, void *buf, size_t len)
 	return 0;
 }
 
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /* Credit the host's seed to the kernel's pool and reseed the CRNG from it. */
 static int reseed(const char *hex, mbp_err *err)
 {
@@ -74,12 +63,8 @@ static int reseed(const char *hex, mbp_err *err)
 		struct rand_pool_info info;
 		uint8_t buf[64];
 	} r = { 0 };
-	for (size_t i = 0; i < n; i++) {
-		int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
-		if (hi < 0 || lo < 0)
-			return mbp_err_set(err, -EINVAL, "config: seed is not hex");
-		r.buf[i] = (uint8_t)(hi << 4 | lo);
-	}
+	if (mbp_hex_decode(hex, r.buf, n) < 0)
+		return mbp_err_set(err, -EINVAL, "config: seed is not hex");
 	r.info.entropy_count = (int)(n * 8);
 	r.info.buf_size = (int)n;
 	int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);

@@ -56,17 +56,7 @@ static int vm_init(const struct mb_host *host, mb_plugin *self, mb_err *err)
 	G.qemu = strdup(q && *q ? q : "qemu-system-x86_64");
 	/* TCG's translation cache per VM: most of an idle VM's memory under TCG; smaller
 	 * saves memory, but a busy guest may translate the same code again */
-	G.tb_size_mib = VM_TB_SIZE_MIB;
-	const char *tb = getenv("MOONBOX_VM_TB_SIZE_MIB");
-	if (tb && *tb) {
-		char *end;
-		long n = strtol(tb, &end, 10);
-		if (*end || n < 8 || n > 2048)
-			vm_log(MB_LOG_WARN, "vm: MOONBOX_VM_TB_SIZE_MIB=%s ignored (8..2048 MiB)",
-			       tb);
-		else
-			G.tb_size_mib = (int)n;
-	}
+	G.tb_size_mib = (int)vm_env_long("MOONBOX_VM_TB_SIZE_MIB", 8, 2048, VM_TB_SIZE_MIB);
 	int r = vm_mkdir_p(G.state_dir, 0700);
 	if (r == 0)
 		r = vm_mkdir_p(G.run_dir, 0700);

@@ -89,17 +89,7 @@ void vm_tpl_init(void)
 {
 	const char *e = getenv("MOONBOX_VM_TEMPLATES");
 	T.enabled = !(e && (strcmp(e, "0") == 0 || strcmp(e, "off") == 0 || strcmp(e, "no") == 0));
-	T.max = TPL_MAX_DEFAULT;
-	const char *m = getenv("MOONBOX_VM_TEMPLATES_MAX");
-	if (m && *m) {
-		char *end;
-		long n = strtol(m, &end, 10);
-		if (*end || n < 0 || n > 1000)
-			vm_log(MB_LOG_WARN, "MOONBOX_VM_TEMPLATES_MAX=%s: not 0..1000, using %d", m,
-			       TPL_MAX_DEFAULT);
-		else
-			T.max = (int)n;
-	}
+	T.max = (int)vm_env_long("MOONBOX_VM_TEMPLATES_MAX", 0, 1000, TPL_MAX_DEFAULT);
 	T.list = NULL;
 }
 
@@ -463,6 +453,7 @@ static void *build_thread(void *ud)
 	return NULL;
 }
 
+/* Ownership: frees the job, its strings and argv. */
 static void job_free(struct build_job *j)
 {
 	free(j->dir);

@@ -19,6 +19,22 @@
 #include "mbp_cpio.h"
 #include "mbp_proto.h"
 
+long vm_env_long(const char *name, long lo, long hi, long dflt)
+{
+	const char *v = getenv(name);
+	if (!v || !*v)
+		return dflt;
+	char *end;
+	errno = 0;
+	long n = strtol(v, &end, 10);
+	if (*end || errno || n < lo || n > hi) {
+		vm_log(MB_LOG_WARN, "vm: %s=%s ignored (not an integer in %ld..%ld), using %ld",
+		       name, v, lo, hi, dflt);
+		return dflt;
+	}
+	return n;
+}
+
 char *vm_strf(const char *fmt, ...)
 {
 	va_list ap;

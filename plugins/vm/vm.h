@@ -80,6 +80,9 @@ uint64_t vm_mono_ms(void); /* CLOCK_MONOTONIC in ms */
 
 /* malloc'ed printf; aborts on OOM (like the host's xasprintf). Caller frees. */
 char *vm_strf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The integer in environment variable name when it is set and within lo..hi; dflt when
+ * it is unset or empty; dflt with a warning naming the variable when it is not. */
+long vm_env_long(const char *name, long lo, long hi, long dflt);
 /* Random lower-case hex string of 2*nbytes characters into out (2*nbytes+1 bytes). */
 int vm_random_hex(char *out, size_t nbytes, mb_err *err);
 /* mkdir -p with mode. 0 or negative errno. */
