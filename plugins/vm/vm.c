@@ -880,9 +880,46 @@ static bool console_says_panic(const struct vm *v)
 	return p;
 }
 
+static void start_now(struct vm *v);
+
+/* QEMU said the saved state did not load (not: a bad disk of this VM). qt: QEMU's log tail. */
+static bool state_load_error(const char *qt)
+{
+	return qt &&
+	       (strstr(qt, "migration") || strstr(qt, "loading state") || strstr(qt, "section"));
+}
+
+/* A restore that QEMU could not load, with nobody asking for a stop: the template is not
+ * used again and this start boots instead (its waiters keep waiting). */
+static bool retry_cold(struct vm *v)
+{
+	if (!v->tpl_key || v->state != VS_STARTING || v->intent != VI_NONE || v->fail_msg)
+		return false;
+	char *qlog = vm_path(v, "qemu.log");
+	size_t ql;
+	char *qt = vm_file_tail(qlog, 600, &ql);
+	free(qlog);
+	bool retry = state_load_error(qt);
+	if (retry) {
+		vm_utf8_sanitize(qt, ql);
+		char *why = vm_strf("QEMU could not load the saved state: %s", qt);
+		vm_tpl_broken(v->tpl_key, why);
+		vm_log(MB_LOG_WARN, "vm %s: %s; booting instead", v->id, why);
+		free(why);
+		v->pid = 0;
+		v->pid_start = 0;
+		v->qmp_shutdown[0] = '\0';
+		start_now(v); /* picks no template: this one is broken now */
+	}
+	free(qt);
+	return retry;
+}
+
 static void on_exit_status(struct vm *v, int code, int sig)
 {
 	release_runtime(v, true);
+	if (retry_cold(v))
+		return;
 	v->stopped = vm_now();
 	json_t *ex = json_object();
 	json_object_set_new(ex, "at", json_real(v->stopped));
@@ -927,10 +964,7 @@ static void on_exit_status(struct vm *v, int code, int sig)
 			                      tail && *tail ? "\n--- console tail ---\n" : "",
 			                      tail ? tail : "");
 			v->fail_code = -EIO;
-			/* the saved state does not load (not: a bad disk of this VM) */
-			if (v->tpl_key && qt &&
-			    (strstr(qt, "migration") || strstr(qt, "loading state") ||
-			     strstr(qt, "section")))
+			if (v->tpl_key && state_load_error(qt))
 				vm_tpl_broken(v->tpl_key, v->fail_msg);
 			free(tail);
 			free(qt);
@@ -1399,7 +1433,6 @@ static void prep_free(struct prep_job *j)
 }
 
 static void do_spawn(struct vm *v);
-static void start_now(struct vm *v);
 
 static void prep_done(void *ud)
 {

@@ -20,9 +20,6 @@ spec() { # NAME UPPER [extra JSON fields]
     \"disks\":[{\"path\":\"$TMP/assets/lower.erofs\",\"readonly\":true,\"serial\":\"lower\"},
                {\"path\":\"$2\",\"serial\":\"upper\"}]${3:+,$3}}"
 }
-qemu_of() { # pids of QEMUs of VM id $1
-  pgrep -f -- "moonbox-vm-$1\$" || true
-}
 json_post() { api POST "$1" -H 'content-type: application/json' -d "$2"; }
 
 start_daemon d1 --guest-dir "$GUEST"
