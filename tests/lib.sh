@@ -11,6 +11,15 @@ CHECKS=0
 
 cleanup() {
   local rc=$?
+  # a failed test shows the end of its daemons' logs (the temp dir is removed below)
+  if [ "$rc" -ne 0 ]; then
+    local l
+    for l in "$TMP"/*/log; do
+      [ -f "$l" ] || continue
+      echo "# --- last lines of $l ---" >&2
+      tail -n 80 "$l" | sed 's/^/# /' >&2
+    done
+  fi
   # a test may define on_cleanup (stop its fixtures, remove its networks) before ours
   if declare -F on_cleanup >/dev/null; then on_cleanup || true; fi
   for p in "${PIDS[@]:-}"; do
