@@ -9,6 +9,13 @@ PIDS=()
 FAILED=0
 CHECKS=0
 
+# one_run_at_a_time NAME: wait for any other run on this machine that uses the same fixed
+# network names (bridges, taps, the nftables table); two at once would break each other
+one_run_at_a_time() {
+  exec 9>"/tmp/moonbox-net-$1.lock"
+  flock 9
+}
+
 cleanup() {
   local rc=$?
   # a failed test shows the end of its daemons' logs (the temp dir is removed below)

@@ -11,7 +11,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/../lib.sh"
 . "$HERE/../registry/lib.sh"
 
-# test-specific network names, so a real daemon on this machine is never touched
+# test-specific network names, so a real daemon on this machine is never touched (one run at a time)
+one_run_at_a_time containers
 export MOONBOX_NET_DEFAULT_BRIDGE=mbc0 MOONBOX_NET_DEFAULT_SUBNET=10.244.0.0/24
 export MOONBOX_NET_TABLE=moonbox_ct MOONBOX_NET_TAP_PREFIX=mbct MOONBOX_NET_BRIDGE_PREFIX=mbcn
 export MOONBOX_NET_POOL=10.243.0.0/16

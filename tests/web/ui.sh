@@ -16,10 +16,12 @@ if ! command -v node >/dev/null || [ ! -x /usr/bin/chromium ] || [ ! -d "$MODULE
   exit 77
 fi
 
-# test-specific network names, so a real daemon on this machine is never touched
-export MOONBOX_NET_DEFAULT_BRIDGE=mbw0 MOONBOX_NET_DEFAULT_SUBNET=10.246.0.0/24
+# test-specific network names and subnets, so a real daemon on this machine and the other
+# tests are never touched (one run at a time)
+one_run_at_a_time web
+export MOONBOX_NET_DEFAULT_BRIDGE=mbw0 MOONBOX_NET_DEFAULT_SUBNET=10.238.0.0/24
 export MOONBOX_NET_TABLE=moonbox_web MOONBOX_NET_TAP_PREFIX=mbwt MOONBOX_NET_BRIDGE_PREFIX=mbwn
-export MOONBOX_NET_POOL=10.247.0.0/16
+export MOONBOX_NET_POOL=10.239.0.0/16
 
 on_cleanup() {
   fixture_cleanup
