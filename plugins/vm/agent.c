@@ -124,7 +124,11 @@ static void req_destroy(struct areq *r)
 	req_unlink(r);
 	if (r->aio)
 		nng_aio_free(r->aio);
-	if (r->ctx_open)
+	/* A closing agent's socket closes its own contexts. nng_close runs on a worker
+	 * (agent_close), and in nng 1.5 an nng_ctx_close racing with nng_close of the same
+	 * socket can let the closer free the socket while the context's teardown still uses
+	 * it: the loop crashed that way when a VM died with requests in flight. */
+	if (r->ctx_open && !(r->a && r->a->closing))
 		nng_ctx_close(r->ctx);
 	free(r->buf);
 	struct agent *a = r->a;
@@ -294,6 +298,11 @@ static void start_send(struct areq *r)
 {
 	struct agent *a = r->a;
 	int rv = 0;
+	if (a->closing) {
+		/* never a context on a socket being closed (see req_destroy) */
+		fail_later(r, -ECONNRESET, "agent: ", "the VM stopped");
+		return;
+	}
 	if (!r->ctx_open) {
 		rv = nng_ctx_open(&r->ctx, a->sock);
 		if (rv == 0)

@@ -5,7 +5,8 @@
 #   logs -> exec -> stats -> top -> copy in/out -> stop -> start -> remove;
 #   restart policies with backoff, a health check failing into a restart, a process that
 #   exits at once, a guest that dies, live restore after kill -9 of the daemon, volumes
-#   and binds, bad input, and 20 containers created and removed with nothing left behind.
+#   and binds, a private image (credentials in the spec), bad input, and 20 containers
+#   created and removed with nothing left behind.
 MB=$1
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/../lib.sh"
@@ -176,10 +177,27 @@ wait "$wait_pid" || true
 expect_eq "wait?condition=removed answers with the exit code of an auto-removed container" "$(jq -r .exit_code "$TMP/wait.out")" 5
 expect_eq "... which is gone" "$(api GET /v1/containers/ephemeral | status_of)" 404
 expect_eq "... and a late wait still gets its code" "$(post '/v1/containers/ephemeral/wait?condition=removed' | body_of | jq -r .exit_code)" 5
+# a guest killed with requests in flight (execs waiting on the agent), three times: each
+# request gets an answer, the daemon survives (nng contexts and the socket's close race)
 post "/v1/containers?start=1" -d "{\"image\":\"$TOOLBOX\",\"name\":\"victim\",\"cmd\":[\"sleep\",\"1000\"],\"memory\":\"64m\"}" >/dev/null
-vmid=$(api GET /v1/containers/victim | body_of | jq -r .vm.id)
-kill -9 "$(cat "$D_RUN/vms/$vmid/qemu.pid")"
-wait_state victim error
+answered=0
+for round in 1 2 3; do
+  [ "$round" = 1 ] || post /v1/containers/victim/start >/dev/null
+  wait_state victim running
+  xp=()
+  for i in $(seq 1 8); do
+    curl -s -m 90 -o /dev/null -w '%{http_code}' -X POST --unix-socket "$D_SOCK" -d '{"cmd":["sleep","100"]}' \
+      http://x/v1/containers/victim/exec > "$TMP/inflight.$round.$i" &
+    xp+=($!)
+  done
+  sleep 1
+  vmid=$(api GET /v1/containers/victim | body_of | jq -r .vm.id)
+  kill -9 "$(cat "$D_RUN/vms/$vmid/qemu.pid")"
+  wait_state victim error
+  for p in "${xp[@]}"; do wait "$p" || true; done
+  for i in $(seq 1 8); do [[ "$(cat "$TMP/inflight.$round.$i")" =~ ^[1-5][0-9][0-9]$ ]] && answered=$((answered + 1)); done
+done
+expect_eq "every exec in flight when its guest died got an answer" "$answered" 24
 check "a dead guest is an error with the reason" bash -c "curl -s --unix-socket '$D_SOCK' http://x/v1/containers/victim | jq -e '.state_detail.reason | test(\"VM stopped unexpectedly\")' >/dev/null"
 
 # --- volumes and binds --------------------------------------------------------------
@@ -193,6 +211,32 @@ post "/v1/containers?start=1" -d "{\"image\":\"$TOOLBOX\",\"name\":\"reader\",\"
 expect_eq "the next container reads the named volume" "$(post /v1/containers/reader/exec -d '{"cmd":["cat","/data/file"]}' | body_of | jq -r .stdout)" "kept"
 expect_eq "ro binds reject writes" "$(post /v1/containers/reader/exec -d '{"cmd":["sh","-c","echo x > /src/no.txt"]}' | body_of | jq -r .exit_code)" 1
 check "the volume survives the containers" bash -c "curl -s --unix-socket '$D_SOCK' http://x/v1/volumes/ctdata | jq -e .name >/dev/null"
+
+# --- a private image: credentials in the spec (used for the pull, never kept) ---------
+start_registry priv basic >/dev/null
+$PY "$HERE/images.py" "$REG_priv" --prefix private --user testuser --password testpass >/dev/null
+PRIV=$REG_priv/private/httpd
+out=$(post "/v1/containers?start=1" -d "{\"image\":\"$PRIV\",\"name\":\"priv\",\"memory\":\"64m\"}")
+expect_eq "a private image without credentials is 401" "$(status_of <<<"$out")" 401
+msg=$(body_of <<<"$out" | jq -r .error.message)
+check "... saying so ($msg)" grep -qiE "credential|unauthori|password|login" <<<"$msg"
+out=$(post "/v1/containers?start=1" -d "{\"image\":\"$PRIV\",\"name\":\"priv\",\"memory\":\"64m\",\"auth\":{\"username\":\"testuser\",\"password\":\"wrong\"}}")
+expect_eq "a wrong password is 401" "$(status_of <<<"$out")" 401
+expect_eq "... and no container was made" "$(api GET /v1/containers/priv | status_of)" 404
+out=$(post "/v1/containers?start=1" -d "{\"image\":\"$PRIV\",\"name\":\"priv\",\"memory\":\"64m\",\"auth\":{\"username\":\"testuser\",\"password\":\"testpass\"}}")
+expect_eq "with credentials in the spec it is pulled and runs" "$(status_of <<<"$out"):$(state priv)" "201:running"
+insp=$(api GET /v1/containers/priv)
+check "inspect shows no password" bash -c '! grep -q testpass' <<<"$insp"
+# (the database, its WAL, records and logs; not the disk images)
+check "the state dir keeps no password" bash -c "! find '$D_STATE' -type f -size -16M -exec grep -la testpass {} + | grep -q ."
+api DELETE '/v1/containers/priv?force=1' >/dev/null
+# docker's way: log in once (the daemon keeps the login), then pull without credentials
+expect_eq "the image can go" "$(api DELETE "/v1/images/$PRIV" | status_of)" 200
+expect_eq "login with a wrong password is 401" "$(post /v1/registries/login -d "{\"registry\":\"$REG_priv\",\"username\":\"testuser\",\"password\":\"nope\"}" | status_of)" 401
+expect_eq "login" "$(post /v1/registries/login -d "{\"registry\":\"$REG_priv\",\"username\":\"testuser\",\"password\":\"testpass\"}" | status_of)" 200
+expect_eq "after a login a create pulls without credentials" "$(post /v1/containers -d "{\"image\":\"$PRIV\",\"name\":\"priv2\",\"memory\":\"64m\"}" | status_of)" 201
+api DELETE '/v1/containers/priv2' >/dev/null
+expect_eq "logout" "$(api DELETE "/v1/registries/$REG_priv" | status_of)" 200
 
 # --- bad input ---------------------------------------------------------------------
 expect_eq "an unknown image is 404" "$(post /v1/containers -d "{\"image\":\"$REG/test/nope\"}" | status_of)" 404

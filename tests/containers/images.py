@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Push the images the container tests use (no Docker engine needed).
 
-Usage: images.py REGISTRY(127.0.0.1:PORT) [--prefix test]
+Usage: images.py REGISTRY(127.0.0.1:PORT) [--prefix test] [--user U --password P]
 
   PREFIX/httpd     busybox with every applet, /www/index.html, and as its command
                    httpd -f -v -p 80 -h /www (a web server that logs each request)
@@ -48,8 +48,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("registry")
     ap.add_argument("--prefix", default="test")
+    ap.add_argument("--user", help="for a registry that wants a login")
+    ap.add_argument("--password")
     a = ap.parse_args()
-    reg = mkimg.Registry(a.registry)
+    reg = mkimg.Registry(a.registry, a.user, a.password)
     out = {}
     page = "<html><body><h1>hello from moonbox</h1></body></html>\n"
     layer = full_busybox_layer([("www/index.html", page)])
