@@ -182,6 +182,15 @@ static enum MHD_Result queue_error(struct MHD_Connection *c, int status, const c
 	return ret;
 }
 
+/* The 413 of a body over limit (the upload limit for bodies streamed to a file). */
+static enum MHD_Result queue_too_large(struct MHD_Connection *c, uint64_t limit)
+{
+	char msg[128];
+	snprintf(msg, sizeof(msg), "request body larger than %llu bytes",
+	         (unsigned long long)limit);
+	return queue_error(c, 413, "too_large", msg);
+}
+
 /* --- streaming responses --- */
 
 static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max)
@@ -414,10 +423,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 			if (r->early_status == 503)
 				return queue_error(c, 503, "shutting_down",
 				                   "the daemon is shutting down");
-			char msg[128];
-			snprintf(msg, sizeof(msg), "request body larger than %llu bytes",
-			         (unsigned long long)limit);
-			return queue_error(c, 413, "too_large", msg);
+			return queue_too_large(c, limit);
 		}
 		return MHD_YES;
 	}
@@ -459,12 +465,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	}
 	if (r->state == H_NEW) {
 		if (r->too_large) {
-			char msg[128];
 			r->state = H_SENT;
-			snprintf(
-			    msg, sizeof(msg), "request body larger than %llu bytes",
-			    (unsigned long long)(r->body_path ? H.upload_limit : H.body_limit));
-			return queue_error(c, 413, "too_large", msg);
+			return queue_too_large(c, r->body_path ? H.upload_limit : H.body_limit);
 		}
 		r->state = H_RUNNING;
 		api_dispatch(r);

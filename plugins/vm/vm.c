@@ -964,8 +964,6 @@ static void on_exit_status(struct vm *v, int code, int sig)
 			                      tail && *tail ? "\n--- console tail ---\n" : "",
 			                      tail ? tail : "");
 			v->fail_code = -EIO;
-			if (v->tpl_key && state_load_error(qt))
-				vm_tpl_broken(v->tpl_key, v->fail_msg);
 			free(tail);
 			free(qt);
 		}

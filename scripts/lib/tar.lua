@@ -76,15 +76,15 @@ end
 
 local function str(s) return (s:gsub("%z.*", "")) end
 
--- Iterate over the entries of a tar held in memory.
 local META_MAX = 1 << 20 -- long names and PAX records are read into memory: bounded
 
+-- Iterate over the entries of a tar held in memory (a string) or behind a reader.
 function M.entries(src)
+  local whole = type(src) == "string"
   local read = src
-  if type(src) == "string" then
+  if whole then
     read = function(o, n) return src:sub(o + 1, o + n) end
   end
-  local whole = type(src) == "string"
   local pos = 0 -- offset of the next header
   local long_name, long_link
   local zero = string.rep("\0", BLOCK)
